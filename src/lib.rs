@@ -1,0 +1,29 @@
+//! kiosk-agent: the terminal-side daemon of a fleet of government-service self-service kiosks.
+//!
+//! One process per terminal. It reports health and faults to the platform over MQTT (keeping
+//! events on disk while offline), acts only on downstream messages signed by enough trusted keys,
+//! and answers technicians and the kiosk UI on a local Unix socket.
+//!
+//! The flow of a downstream message: `transport` receives bytes → `trust` verifies the DSSE
+//! envelope → `control` applies precedence, anti-rollback and replay rules → a capability
+//! (`catalog`, `policy`, `power`, `update`) acts → `control` reports back through `transport`.
+//! Shared pieces (`host`, `state`, `config`, `trust`) sit below the capabilities; capabilities
+//! never call each other and never touch the MQTT client.
+
+pub mod api;
+pub mod app;
+pub mod catalog;
+pub mod config;
+pub mod control;
+pub mod events;
+pub mod host;
+pub mod policy;
+pub mod power;
+pub mod state;
+pub mod telemetry;
+pub mod transport;
+pub mod trust;
+pub mod update;
+
+/// The agent's version as reported in state, health and patrol reports.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
