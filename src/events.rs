@@ -192,7 +192,8 @@ impl Outbox {
     fn push(&mut self, ev: Event) -> Result<Option<(usize, u64, u64)>, EventsError> {
         let mut dropped = None;
         if self.queue.len() >= self.capacity {
-            let n = (self.capacity / 10).max(1);
+            // At least two, so the `events.dropped` event that follows always fits.
+            let n = (self.capacity / 10).max(2);
             let first = self.queue.front().map(|e| e.seq).unwrap_or(0);
             let mut last = first;
             for _ in 0..n {
@@ -484,9 +485,11 @@ mod tests {
         }
         s.emit(Severity::Minor, "probe.failed", "overflow", Value::Null);
         let head = s.unacked_head(100);
-        assert_eq!(head.first().unwrap().seq, 2, "oldest dropped");
+        assert_eq!(head.first().unwrap().seq, 3, "oldest dropped");
         let dropped = head.iter().find(|e| e.code == "events.dropped").unwrap();
-        assert_eq!(dropped.details["count"], 1);
+        assert_eq!(dropped.details["count"], 2);
+        assert_eq!(dropped.details["last_seq"], 2);
+        assert_eq!(head.len(), 10);
         assert_eq!(dropped.details["first_seq"], 1);
         assert_eq!(head.last().unwrap().seq, 12);
     }
