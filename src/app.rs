@@ -1,1 +1,243 @@
-//! wiring
+//! Wiring only: builds the parts from a validated config, runs them as tasks under one
+//! cancellation token, talks to systemd (READY, WATCHDOG, STOPPING, STATUS) and stops cleanly
+//! on SIGTERM. No decision is made here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::proto;
+use crate::api::server::{Conn, Groups, Handler, Server, ServerError};
+use crate::config::Config;
+use crate::events::{EventSink, EventsError, Outbox, Severity};
+use crate::host::{SharedClock, rfc3339};
+use crate::maintenance::Maintenance;
+use crate::state::{StateError, StateStore};
+use crate::telemetry::Telemetry;
+use crate::transport::{Identity, Inbound, Publisher, Transport, TransportError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("state directory: {0}")]
+    State(#[from] StateError),
+    #[error("event queue: {0}")]
+    Events(#[from] EventsError),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("local socket: {0}")]
+    Socket(#[from] ServerError),
+    #[error("cannot install signal handler: {0}")]
+    Signal(std::io::Error),
+}
+
+/// How long a stop may take before the remaining tasks are abandoned.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+pub async fn run(cfg: Config, clock: SharedClock) -> Result<(), AppError> {
+    let store = StateStore::open(&cfg.paths.state_dir)?;
+    let (outbox, recovery) = Outbox::open(&store.path("events"), cfg.events.queue_max)?;
+    let events = EventSink::new(outbox, &cfg.terminal.id, clock.clone(), cfg.events.recent);
+    let maintenance = Maintenance::load(store.clone());
+    let started_at = rfc3339(clock.now());
+    let identity = Identity {
+        boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
+        started_at: started_at.clone(),
+    };
+    let (inbound_tx, inbound_rx) = mpsc::channel::<Inbound>(256);
+    let (transport, publisher) = Transport::new(&cfg, &identity, events.clone(), inbound_tx)?;
+    let telemetry = Arc::new(Telemetry::new(&cfg, events.clone(), maintenance.clone(), clock.clone()));
+    let server = Server::bind(
+        &cfg.paths.socket,
+        Groups {
+            read: cfg.local.read_group.clone(),
+            admin: cfg.local.admin_group.clone(),
+        },
+    )?;
+
+    if recovery.corrupt_lines > 0 || recovery.meta_reset {
+        events.emit(
+            Severity::Major,
+            "events.recovered",
+            format!(
+                "event queue was damaged: {} unreadable line(s) skipped, {} event(s) kept",
+                recovery.corrupt_lines, recovery.pending
+            ),
+            json!({"corrupt_lines": recovery.corrupt_lines, "kept": recovery.pending, "meta_reset": recovery.meta_reset}),
+        );
+    }
+    events.emit(
+        Severity::Info,
+        "agent.started",
+        format!("kiosk-agent {} started", crate::VERSION),
+        json!({"version": crate::VERSION, "boot_id": identity.boot_id, "pending_events": recovery.pending}),
+    );
+
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let ops = Arc::new(LocalOps {
+        terminal_id: cfg.terminal.id.clone(),
+        groups: cfg.terminal.groups.clone(),
+        url: cfg.mqtt.url.clone(),
+        started_at,
+        clock: clock.clone(),
+        events: events.clone(),
+        maintenance: maintenance.clone(),
+        telemetry: telemetry.clone(),
+        publisher: publisher.clone(),
+    });
+    tracker.spawn(transport.run(cancel.clone()));
+    tracker.spawn(telemetry.clone().run(publisher.clone(), cancel.clone()));
+    tracker.spawn(server.run(ops.clone(), cancel.clone()));
+    tracker.spawn(inbound_loop(inbound_rx, cancel.clone()));
+    tracker.spawn(watchdog(cancel.clone()));
+    tracker.close();
+
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("running"),
+    ]);
+    tracing::info!(terminal = %cfg.terminal.id, socket = %cfg.paths.socket.display(), "kiosk-agent ready");
+
+    wait_for_stop().await?;
+    tracing::info!("stopping");
+    notify(&[
+        sd_notify::NotifyState::Stopping,
+        sd_notify::NotifyState::Status("stopping: flushing events"),
+    ]);
+    cancel.cancel();
+    if tokio::time::timeout(STOP_GRACE, tracker.wait()).await.is_err() {
+        tracing::warn!("some tasks did not stop within {STOP_GRACE:?}");
+    }
+    let _ = std::fs::remove_file(&cfg.paths.socket);
+    tracing::info!(pending_events = events.pending(), "stopped");
+    Ok(())
+}
+
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+}
+
+async fn wait_for_stop() -> Result<(), AppError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(AppError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(AppError::Signal)?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+/// Pings the systemd watchdog at half its period from the runtime itself, so a wedged runtime
+/// stops the pings and systemd restarts the agent.
+async fn watchdog(cancel: CancellationToken) {
+    let mut usec = 0u64;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return;
+    }
+    let period = Duration::from_micros(usec / 2);
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => notify(&[sd_notify::NotifyState::Watchdog]),
+        }
+    }
+}
+
+async fn inbound_loop(mut rx: mpsc::Receiver<Inbound>, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            msg = rx.recv() => match msg {
+                Some(m) => tracing::debug!(topic = %m.topic, bytes = m.payload.len(), "downstream message"),
+                None => break,
+            }
+        }
+    }
+}
+
+/// Answers local-socket requests from the agent's parts.
+struct LocalOps {
+    terminal_id: String,
+    groups: Vec<String>,
+    url: String,
+    started_at: String,
+    clock: SharedClock,
+    events: EventSink,
+    maintenance: Maintenance,
+    telemetry: Arc<Telemetry>,
+    publisher: Publisher,
+}
+
+impl LocalOps {
+    fn status(&self) -> Value {
+        let mut faults: Vec<_> = self
+            .telemetry
+            .last_probes()
+            .into_iter()
+            .filter(|p| !p.ok)
+            .collect();
+        faults.sort_by_key(|p| std::cmp::Reverse(crate::events::Severity::parse(&p.severity)));
+        json!({
+            "terminal_id": self.terminal_id,
+            "groups": self.groups,
+            "agent_version": crate::VERSION,
+            "started_at": self.started_at,
+            "mqtt": {"url": self.url, "connected": self.publisher.is_connected()},
+            "maintenance": self.maintenance.get(),
+            "events_pending": self.events.pending(),
+            "faults": faults,
+        })
+    }
+}
+
+impl Handler for LocalOps {
+    async fn handle(&self, conn: &Conn, op: &str, req: &Value) -> Value {
+        match op {
+            "status" => proto::ok(self.status()),
+            "health" => match self.telemetry.last() {
+                Some(h) => proto::ok(h),
+                None => proto::ok(self.telemetry.report().await),
+            },
+            "inspect" => proto::ok(json!({"probes": self.telemetry.run_probes().await})),
+            "events" => {
+                let n = req.get("limit").and_then(Value::as_u64).unwrap_or(50).min(1000) as usize;
+                proto::ok(json!({"events": self.events.recent(n)}))
+            }
+            "maintenance" => {
+                let Some(on) = req.get("on").and_then(Value::as_bool) else {
+                    return proto::error("bad_request", "maintenance needs \"on\": true|false");
+                };
+                let reason = req.get("reason").and_then(Value::as_str).unwrap_or("");
+                match self.maintenance.set(on, reason, &format!("local:{}", conn.uid), &rfc3339(self.clock.now())) {
+                    Ok(state) => {
+                        self.events.emit(
+                            Severity::Info,
+                            "maintenance.changed",
+                            if on { format!("maintenance mode on: {reason}") } else { "maintenance mode off".into() },
+                            json!(state),
+                        );
+                        proto::ok(json!(state))
+                    }
+                    Err(e) => proto::error("state_error", e.to_string()),
+                }
+            }
+            other => proto::error("unavailable", format!("{other} is not available in this agent version")),
+        }
+    }
+
+    fn closed(&self, _conn: &Conn) {}
+
+    fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
+        self.events.subscribe_local()
+    }
+}

@@ -17,6 +17,8 @@ pub mod config;
 pub mod control;
 pub mod events;
 pub mod host;
+pub mod logging;
+pub mod maintenance;
 pub mod policy;
 pub mod power;
 pub mod state;

@@ -1,1 +1,58 @@
-fn main() {}
+//! `kiosk-agent`: the daemon (foreground; `Type=notify` under systemd) and `check-config`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use kiosk_agent::config::Config;
+use kiosk_agent::host::SystemClock;
+
+#[derive(Parser)]
+#[command(name = "kiosk-agent", version, about = "Terminal-side agent for government-service self-service kiosks")]
+struct Cli {
+    /// Configuration file (TOML).
+    #[arg(long, global = true, default_value = "/etc/kiosk-agent/agent.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Validate the configuration and exit non-zero naming the key at fault.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cfg = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kiosk-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(Cmd::CheckConfig) = cli.cmd {
+        println!("{}: ok (terminal {}, {} probe(s))", cli.config.display(), cfg.terminal.id, cfg.probes.len());
+        return ExitCode::SUCCESS;
+    }
+    kiosk_agent::logging::init(&cfg.log.level);
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("kiosk-agent: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let clock = Arc::new(SystemClock::from_env());
+    match runtime.block_on(kiosk_agent::app::run(cfg, clock)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let chain = anyhow::Error::from(e);
+            tracing::error!("{chain:#}");
+            eprintln!("kiosk-agent: {chain:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

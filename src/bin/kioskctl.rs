@@ -1,1 +1,252 @@
-fn main() {}
+//! `kioskctl`: the technician's client of the local socket. Readable tables by default,
+//! the agent's JSON with `--json`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use kiosk_agent::api::client::Client;
+use serde_json::{Value, json};
+
+#[derive(Parser)]
+#[command(name = "kioskctl", version, about = "Inspect and control the local kiosk-agent")]
+struct Cli {
+    /// The agent's socket.
+    #[arg(long, global = true, env = "KIOSKCTL_SOCKET", default_value = "/run/kiosk-agent/kioskctl.sock")]
+    socket: PathBuf,
+    /// Print the agent's JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Terminal, broker connection, maintenance mode and open faults (worst first).
+    Status,
+    /// The last health report.
+    Health,
+    /// Run every probe now.
+    Inspect,
+    /// Recent events; --follow keeps printing new ones.
+    Events {
+        #[arg(long, short)]
+        follow: bool,
+        #[arg(long, default_value_t = 20)]
+        limit: u64,
+    },
+    /// Turn maintenance mode on or off (admin group).
+    Maintenance {
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// The service-item catalog in force.
+    Catalog,
+    /// The last compliance report (--scan runs a new one).
+    Compliance {
+        #[arg(long)]
+        scan: bool,
+    },
+    /// Power schedule: the next seven days, wake time and holds.
+    Schedule,
+    /// Installed application releases and the last update outcomes.
+    Updates,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kioskctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn request(cmd: &Cmd) -> Value {
+    match cmd {
+        Cmd::Status => json!({"op": "status"}),
+        Cmd::Health => json!({"op": "health"}),
+        Cmd::Inspect => json!({"op": "inspect"}),
+        Cmd::Events { limit, .. } => json!({"op": "events", "limit": limit}),
+        Cmd::Maintenance { state, reason } => json!({"op": "maintenance", "on": state == "on", "reason": reason}),
+        Cmd::Catalog => json!({"op": "catalog"}),
+        Cmd::Compliance { scan } => json!({"op": if *scan { "compliance_scan" } else { "compliance" }}),
+        Cmd::Schedule => json!({"op": "schedule"}),
+        Cmd::Updates => json!({"op": "updates"}),
+    }
+}
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    let mut client = Client::connect(&cli.socket)?;
+    let resp = client.call(&request(&cli.cmd)).context("request failed")?;
+    if resp["ok"] != json!(true) {
+        let code = resp["error"]["code"].as_str().unwrap_or("error");
+        let msg = resp["error"]["message"].as_str().unwrap_or("");
+        bail!("{code}: {msg}");
+    }
+    let data = &resp["data"];
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(data)?);
+    } else {
+        print!("{}", render(&cli.cmd, data));
+    }
+    if let Cmd::Events { follow: true, .. } = cli.cmd {
+        client.call(&json!({"op": "subscribe"}))?;
+        loop {
+            let line = client.next_line()?;
+            if line.get("ok").is_some() {
+                continue;
+            }
+            if cli.json {
+                println!("{line}");
+            } else {
+                print!("{}", event_rows(std::slice::from_ref(&line)));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Left-aligned columns sized to their widest cell.
+fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut w: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if i < w.len() {
+                w[i] = w[i].max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut out = String::from("  ");
+        for (i, c) in cells.iter().enumerate() {
+            let pad = w.get(i).copied().unwrap_or(0).saturating_sub(c.chars().count());
+            out.push_str(c);
+            if i + 1 < cells.len() {
+                out.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        out.trim_end().to_string() + "\n"
+    };
+    let mut out = line(headers.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        out.push_str(&line(r.clone()));
+    }
+    out
+}
+
+fn mib(v: &Value) -> String {
+    v.as_u64().map(|b| format!("{:.0} MiB", b as f64 / 1048576.0)).unwrap_or("-".into())
+}
+
+fn probe_rows(probes: &Value) -> String {
+    let rows: Vec<Vec<String>> = probes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            vec![
+                if p["ok"] == json!(true) { "ok".into() } else { "FAIL".into() },
+                s(&p["id"]),
+                s(&p["kind"]),
+                s(&p["severity"]),
+                s(&p["detail"]),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        return "  (no probes configured)\n".into();
+    }
+    table(&["STATE", "PROBE", "KIND", "SEVERITY", "DETAIL"], &rows)
+}
+
+fn event_rows(events: &[Value]) -> String {
+    let rows: Vec<Vec<String>> = events
+        .iter()
+        .map(|e| vec![s(&e["ts"]), s(&e["seq"]), s(&e["severity"]), s(&e["code"]), s(&e["message"])])
+        .collect();
+    table(&["TIME", "SEQ", "SEVERITY", "CODE", "MESSAGE"], &rows)
+}
+
+fn render(cmd: &Cmd, d: &Value) -> String {
+    match cmd {
+        Cmd::Status => {
+            let m = &d["maintenance"];
+            let maint = if m["on"] == json!(true) {
+                format!("ON since {} ({})", s(&m["since"]), s(&m["reason"]))
+            } else {
+                "off".into()
+            };
+            let broker = format!(
+                "{} ({})",
+                s(&d["mqtt"]["url"]),
+                if d["mqtt"]["connected"] == json!(true) { "connected" } else { "NOT CONNECTED" }
+            );
+            let mut out = format!(
+                "Terminal      {}  groups: {}\nAgent         {} since {}\nBroker        {}\nMaintenance   {}\nEvents queued {}\n",
+                s(&d["terminal_id"]),
+                d["groups"].as_array().map(|g| g.iter().map(s).collect::<Vec<_>>().join(", ")).unwrap_or_default(),
+                s(&d["agent_version"]),
+                s(&d["started_at"]),
+                broker,
+                maint,
+                s(&d["events_pending"]),
+            );
+            let faults = d["faults"].as_array().cloned().unwrap_or_default();
+            if faults.is_empty() {
+                out.push_str("Faults        none\n");
+            } else {
+                out.push_str("Faults (worst first)\n");
+                out.push_str(&probe_rows(&Value::Array(faults)));
+            }
+            out
+        }
+        Cmd::Health => {
+            let mut out = format!(
+                "Report #{} at {}  uptime {}s  cpu {}% load {}\nMemory  {} used of {}\n",
+                s(&d["seq"]),
+                s(&d["ts"]),
+                s(&d["uptime_s"]),
+                s(&d["cpu"]["usage_pct"]),
+                s(&d["cpu"]["load"]),
+                mib(&d["memory"]["used_bytes"]),
+                mib(&d["memory"]["total_bytes"]),
+            );
+            let disks: Vec<Vec<String>> = d["disks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|x| vec![s(&x["mount"]), mib(&x["avail_bytes"]), mib(&x["total_bytes"])])
+                .collect();
+            out.push_str("Disks\n");
+            out.push_str(&table(&["MOUNT", "FREE", "TOTAL"], &disks));
+            out.push_str("Probes\n");
+            out.push_str(&probe_rows(&d["probes"]));
+            out
+        }
+        Cmd::Inspect => probe_rows(&d["probes"]),
+        Cmd::Events { .. } => event_rows(d["events"].as_array().map(Vec::as_slice).unwrap_or(&[])),
+        Cmd::Maintenance { .. } => format!(
+            "maintenance {}\n",
+            if d["on"] == json!(true) { "on" } else { "off" }
+        ),
+        _ => match d.get("text").and_then(Value::as_str) {
+            Some(t) => t.to_string(),
+            None => serde_json::to_string_pretty(d).unwrap_or_default() + "\n",
+        },
+    }
+}

@@ -1,1 +1,334 @@
-//! (not yet built)
+//! Health: what the terminal and its devices look like right now.
+//!
+//! Owns the health `seq`, the system sampler (sysinfo, the only place it is used: it always
+//! reads the real `/proc`), the probes and their last known state. It raises `probe.failed` /
+//! `probe.recovered` and `disk.low` / `disk.recovered` on state changes (muted in maintenance
+//! mode, when a technician is expected to unplug things) and never publishes by itself: the
+//! caller decides where a report goes.
+
+pub mod probes;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sysinfo::{Components, Disks, Networks, System};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::events::{EventSink, Severity};
+use crate::host::{HostPaths, SharedClock, rfc3339};
+use crate::maintenance::Maintenance;
+use crate::transport::Publisher;
+pub use probes::{Probe, ProbeEnv, ProbeResult};
+
+/// Reads system figures through sysinfo; kept behind this type so nothing else depends on it.
+pub struct Sampler {
+    sys: System,
+    disks: Disks,
+    nets: Networks,
+    comps: Components,
+}
+
+impl Default for Sampler {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Filesystems that are not storage a technician can run out of.
+const PSEUDO_FS: &[&str] = &["tmpfs", "devtmpfs", "overlay", "squashfs", "proc", "sysfs", "ramfs"];
+
+impl Sampler {
+    pub fn new() -> Self {
+        let mut sys = System::new();
+        sys.refresh_cpu_usage();
+        Self {
+            sys,
+            disks: Disks::new_with_refreshed_list(),
+            nets: Networks::new_with_refreshed_list(),
+            comps: Components::new_with_refreshed_list(),
+        }
+    }
+
+    /// The system part of a health report (PROTOCOL §3).
+    pub fn sample(&mut self) -> Value {
+        self.sys.refresh_cpu_usage();
+        self.sys.refresh_memory();
+        self.disks.refresh(true);
+        self.nets.refresh(true);
+        self.comps.refresh(true);
+        let load = System::load_average();
+        let mut seen = HashSet::new();
+        let disks: Vec<Value> = self
+            .disks
+            .list()
+            .iter()
+            .filter(|d| !PSEUDO_FS.contains(&d.file_system().to_string_lossy().as_ref()))
+            .filter(|d| seen.insert(d.mount_point().to_path_buf()))
+            .map(|d| {
+                json!({
+                    "mount": d.mount_point().to_string_lossy(),
+                    "total_bytes": d.total_space(),
+                    "avail_bytes": d.available_space(),
+                })
+            })
+            .collect();
+        let temps: Vec<Value> = self
+            .comps
+            .list()
+            .iter()
+            .filter_map(|c| {
+                let t = c.temperature()?;
+                t.is_finite().then(|| json!({"label": c.label(), "celsius": t}))
+            })
+            .collect();
+        let mut net: Vec<Value> = self
+            .nets
+            .iter()
+            .map(|(name, data)| {
+                let up = std::fs::read_to_string(format!("/sys/class/net/{name}/operstate"))
+                    .map(|s| matches!(s.trim(), "up" | "unknown"))
+                    .unwrap_or(false);
+                json!({
+                    "iface": name,
+                    "up": up,
+                    "rx_bytes": data.total_received(),
+                    "tx_bytes": data.total_transmitted(),
+                })
+            })
+            .collect();
+        net.sort_by(|a, b| a["iface"].as_str().cmp(&b["iface"].as_str()));
+        json!({
+            "uptime_s": System::uptime(),
+            "cpu": {
+                "usage_pct": (f64::from(self.sys.global_cpu_usage()) * 10.0).round() / 10.0,
+                "load": [load.one, load.five, load.fifteen],
+            },
+            "memory": {"total_bytes": self.sys.total_memory(), "used_bytes": self.sys.used_memory()},
+            "disks": disks,
+            "temps": temps,
+            "net": net,
+        })
+    }
+}
+
+/// This process's resident set, for the `agent` block of the report.
+pub fn own_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+pub struct Telemetry {
+    terminal_id: String,
+    interval: Duration,
+    disk_low_pct: f64,
+    probes: Vec<Probe>,
+    env: ProbeEnv,
+    sampler: Mutex<Sampler>,
+    seq: AtomicU64,
+    last: Mutex<Option<Value>>,
+    last_probes: Mutex<Vec<ProbeResult>>,
+    probe_ok: Mutex<HashMap<String, bool>>,
+    disk_low: Mutex<HashSet<String>>,
+    events: EventSink,
+    maintenance: Maintenance,
+    clock: SharedClock,
+    /// Ask for a report outside the interval (`report_now`).
+    pub report_now: Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Telemetry {
+    pub fn new(cfg: &Config, events: EventSink, maintenance: Maintenance, clock: SharedClock) -> Self {
+        let default_timeout = cfg.health.probe_timeout_ms;
+        Self {
+            terminal_id: cfg.terminal.id.clone(),
+            interval: Duration::from_secs(cfg.health.interval_s),
+            disk_low_pct: cfg.health.disk_low_pct,
+            probes: cfg
+                .probes
+                .iter()
+                .map(|p| Probe {
+                    cfg: p.clone(),
+                    timeout: Duration::from_millis(p.timeout_ms.unwrap_or(default_timeout)),
+                })
+                .collect(),
+            env: ProbeEnv {
+                host: HostPaths::new(&cfg.paths.root),
+                systemctl: cfg.commands.systemctl.clone(),
+            },
+            sampler: Mutex::new(Sampler::new()),
+            seq: AtomicU64::new(0),
+            last: Mutex::new(None),
+            last_probes: Mutex::new(Vec::new()),
+            probe_ok: Mutex::new(HashMap::new()),
+            disk_low: Mutex::new(HashSet::new()),
+            events,
+            maintenance,
+            clock,
+            report_now: Notify::new(),
+        }
+    }
+
+    /// Runs every probe concurrently (each bounded by its timeout) and raises events for
+    /// state changes. Used by the health loop, `inspect` and `kioskctl inspect`.
+    pub async fn run_probes(&self) -> Vec<ProbeResult> {
+        let mut set = JoinSet::new();
+        for (i, p) in self.probes.iter().enumerate() {
+            let p = p.clone();
+            let env = self.env.clone();
+            set.spawn(async move { (i, p.run(&env).await) });
+        }
+        let mut results: Vec<Option<ProbeResult>> = vec![None; self.probes.len()];
+        while let Some(r) = set.join_next().await {
+            if let Ok((i, res)) = r {
+                results[i] = Some(res);
+            }
+        }
+        let results: Vec<ProbeResult> = results
+            .into_iter()
+            .zip(&self.probes)
+            .map(|(r, p)| {
+                r.unwrap_or_else(|| ProbeResult {
+                    id: p.cfg.id.clone(),
+                    kind: p.cfg.kind.clone(),
+                    ok: false,
+                    detail: "probe task failed".into(),
+                    severity: p.cfg.severity.clone(),
+                })
+            })
+            .collect();
+        self.record_transitions(&results);
+        *lock(&self.last_probes) = results.clone();
+        results
+    }
+
+    fn record_transitions(&self, results: &[ProbeResult]) {
+        let muted = self.maintenance.is_on();
+        let mut state = lock(&self.probe_ok);
+        for r in results {
+            let before = state.insert(r.id.clone(), r.ok);
+            // A probe failing at start counts as a change: the platform must hear of it.
+            let changed = before.map_or(!r.ok, |b| b != r.ok);
+            if !changed || muted {
+                continue;
+            }
+            if r.ok {
+                self.events.emit(
+                    Severity::Info,
+                    "probe.recovered",
+                    format!("{} ({}) recovered: {}", r.id, r.kind, r.detail),
+                    json!({"probe": r.id, "kind": r.kind, "detail": r.detail}),
+                );
+            } else {
+                self.events.emit(
+                    Severity::parse(&r.severity).unwrap_or(Severity::Major),
+                    "probe.failed",
+                    format!("{} ({}) failed: {}", r.id, r.kind, r.detail),
+                    json!({"probe": r.id, "kind": r.kind, "detail": r.detail}),
+                );
+            }
+        }
+    }
+
+    fn check_disks(&self, system: &Value) {
+        let mut low = lock(&self.disk_low);
+        for d in system["disks"].as_array().into_iter().flatten() {
+            let (Some(mount), Some(total), Some(avail)) = (
+                d["mount"].as_str(),
+                d["total_bytes"].as_u64(),
+                d["avail_bytes"].as_u64(),
+            ) else {
+                continue;
+            };
+            if total == 0 {
+                continue;
+            }
+            let pct = avail as f64 * 100.0 / total as f64;
+            let details = json!({"mount": mount, "avail_bytes": avail, "total_bytes": total,
+                "avail_pct": (pct * 10.0).round() / 10.0, "threshold_pct": self.disk_low_pct});
+            if pct < self.disk_low_pct && low.insert(mount.to_string()) {
+                self.events.emit(
+                    Severity::Major,
+                    "disk.low",
+                    format!("{mount}: {pct:.1}% free, below {}%", self.disk_low_pct),
+                    details,
+                );
+            } else if pct >= self.disk_low_pct && low.remove(mount) {
+                self.events.emit(
+                    Severity::Info,
+                    "disk.recovered",
+                    format!("{mount}: {pct:.1}% free again"),
+                    details,
+                );
+            }
+        }
+    }
+
+    /// One full health report; the sequence number advances by one per report.
+    pub async fn report(&self) -> Value {
+        let probes = self.run_probes().await;
+        let mut report = {
+            let mut sampler = lock(&self.sampler);
+            sampler.sample()
+        };
+        self.check_disks(&report);
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let m = self.maintenance.get();
+        if let Some(obj) = report.as_object_mut() {
+            obj.insert("schema".into(), json!("kiosk.health/1"));
+            obj.insert("terminal_id".into(), json!(self.terminal_id));
+            obj.insert("seq".into(), json!(seq));
+            obj.insert("ts".into(), json!(rfc3339(self.clock.now())));
+            obj.insert("probes".into(), json!(probes));
+            obj.insert("maintenance".into(), json!(m.on));
+            if m.on {
+                obj.insert("maintenance_reason".into(), json!(m.reason));
+            }
+            obj.insert(
+                "agent".into(),
+                json!({"version": crate::VERSION, "rss_bytes": own_rss_bytes(), "events_pending": self.events.pending()}),
+            );
+        }
+        *lock(&self.last) = Some(report.clone());
+        report
+    }
+
+    pub fn last(&self) -> Option<Value> {
+        lock(&self.last).clone()
+    }
+
+    pub fn last_probes(&self) -> Vec<ProbeResult> {
+        lock(&self.last_probes).clone()
+    }
+
+    /// Reports every `health.interval_s` (and on `report_now`) until cancelled.
+    pub async fn run(self: Arc<Self>, publisher: Publisher, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tick.tick() => {}
+                _ = self.report_now.notified() => {}
+            }
+            let report = self.report().await;
+            publisher.health(&report);
+        }
+    }
+}
