@@ -339,7 +339,16 @@ impl Transport {
 
     fn on_event(&mut self, event: Event) {
         match event {
-            Event::Incoming(Packet::ConnAck(_)) => {
+            Event::Incoming(Packet::ConnAck(ack)) => {
+                if !ack.session_present {
+                    // rumqttc drops what it had queued for a session the broker no longer has:
+                    // forget those tags and send the events again from the outbox. While we
+                    // were disconnected only untagged publishes could have been queued.
+                    self.publisher.tags.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                    self.unacked.clear();
+                    self.events_sent.clear();
+                    self.offline_acked = false;
+                }
                 let _ = self.connected_tx.send(true);
                 self.backoff.reset();
                 let subs = self

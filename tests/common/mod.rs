@@ -1,0 +1,371 @@
+//! Test harness: a real Mosquitto on an ephemeral loopback port, the real agent binary, an MQTT
+//! observer, keys and envelopes. Waits are on signals (a message arriving, a port accepting,
+//! a process exiting) bounded by a generous deadline that only turns a hang into a failure.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+pub fn mosquitto_bin() -> PathBuf {
+    for p in ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"] {
+        if Path::new(p).exists() {
+            return p.into();
+        }
+    }
+    panic!("mosquitto is not installed: run scripts/test, which installs it");
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Waits until something accepts TCP connections on `port` (the broker is up).
+pub fn wait_port(port: u16) {
+    let start = Instant::now();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(start.elapsed() < DEADLINE, "port {port} never opened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub struct Broker {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    extra: String,
+    child: Option<Child>,
+}
+
+impl Broker {
+    pub fn start() -> Self {
+        Self::start_with("allow_anonymous true\n")
+    }
+
+    /// `extra` is appended to the listener's config (TLS, ACL, ...).
+    pub fn start_with(extra: &str) -> Self {
+        let mut b = Broker {
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            extra: extra.to_string(),
+            child: None,
+        };
+        b.restart();
+        b
+    }
+
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none());
+        let conf = self.dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "user root\nlistener {} 127.0.0.1\npersistence true\npersistence_location {}/\nlog_dest file {}\nlog_type all\n{}",
+                self.port,
+                self.dir.path().display(),
+                self.dir.path().join("mosquitto.log").display(),
+                self.extra
+            ),
+        )
+        .unwrap();
+        let child = Command::new(mosquitto_bin())
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto");
+        self.child = Some(child);
+        wait_port(self.port);
+    }
+
+    /// Stops gracefully (SIGTERM), so persistent sessions are saved for the restart.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = c.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Msg {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub retain: bool,
+}
+
+impl Msg {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.payload).unwrap_or(Value::Null)
+    }
+}
+
+/// An MQTT client standing in for the platform: records what it sees, publishes documents.
+pub struct Platform {
+    pub client: rumqttc::Client,
+    rx: mpsc::Receiver<Msg>,
+    pub seen: Vec<Msg>,
+}
+
+impl Platform {
+    pub fn connect(port: u16, filter: &str) -> Self {
+        Self::connect_opts(port, filter, &format!("platform-{}", free_port()), true)
+    }
+
+    /// A platform with a persistent session: QoS 1 messages published while it is away (a
+    /// broker restart) are kept for it by the broker.
+    pub fn connect_session(port: u16, filter: &str, id: &str) -> Self {
+        Self::connect_opts(port, filter, id, false)
+    }
+
+    fn connect_opts(port: u16, filter: &str, id: &str, clean: bool) -> Self {
+        let mut opts = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(30));
+        opts.set_clean_session(clean);
+        opts.set_max_packet_size(64 << 20, 64 << 20);
+        let (client, mut conn) = rumqttc::Client::new(opts, 64);
+        client.subscribe(filter, rumqttc::QoS::AtLeastOnce).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for ev in conn.iter() {
+                match ev {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                        let _ = ready_tx.send(());
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                        if tx
+                            .send(Msg { topic: p.topic.clone(), payload: p.payload.to_vec(), retain: p.retain })
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+        });
+        ready_rx.recv_timeout(DEADLINE).expect("platform subscription acknowledged");
+        Platform { client, rx, seen: Vec::new() }
+    }
+
+    /// Receives until a message matches; everything received is kept in `seen`.
+    pub fn wait_for(&mut self, what: &str, pred: impl Fn(&Msg) -> bool) -> Msg {
+        if let Some(m) = self.seen.iter().find(|m| pred(m)) {
+            return m.clone();
+        }
+        let start = Instant::now();
+        loop {
+            let left = DEADLINE.checked_sub(start.elapsed()).unwrap_or_else(|| {
+                panic!("timed out waiting for {what}; saw: {:#?}", self.summary())
+            });
+            match self.rx.recv_timeout(left) {
+                Ok(m) => {
+                    self.seen.push(m.clone());
+                    if pred(&m) {
+                        return m;
+                    }
+                }
+                Err(_) => panic!("timed out waiting for {what}; saw: {:#?}", self.summary()),
+            }
+        }
+    }
+
+    /// Waits for a JSON message on a topic ending with `suffix` that satisfies `pred`.
+    pub fn wait_json(&mut self, suffix: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        self.wait_for(suffix, |m| m.topic.ends_with(suffix) && pred(&m.json())).json()
+    }
+
+    pub fn event(&mut self, code: &str) -> Value {
+        let c = code.to_string();
+        self.wait_json("/events", move |v| v["code"] == c.as_str())
+    }
+
+    pub fn summary(&self) -> Vec<String> {
+        self.seen
+            .iter()
+            .map(|m| format!("{} {}", m.topic, String::from_utf8_lossy(&m.payload).chars().take(200).collect::<String>()))
+            .collect()
+    }
+
+    pub fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>, retain: bool) {
+        self.client
+            .publish(topic, rumqttc::QoS::AtLeastOnce, retain, payload.into())
+            .unwrap();
+    }
+
+    /// Everything that arrived in the meantime, without waiting.
+    pub fn drain(&mut self) {
+        while let Ok(m) = self.rx.try_recv() {
+            self.seen.push(m);
+        }
+    }
+}
+
+/// A temp directory laid out like a terminal: state, socket, root, apps, trust.
+pub struct Terminal {
+    pub dir: tempfile::TempDir,
+    pub id: String,
+}
+
+impl Terminal {
+    pub fn new(id: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["state", "root/dev", "apps", "run"] {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        Terminal { dir, id: id.to_string() }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.path("run/kioskctl.sock")
+    }
+
+    /// A config with the test's broker URL and paths; `extra` is appended verbatim.
+    pub fn config(&self, url: &str, extra: &str) -> PathBuf {
+        let p = self.path("agent.toml");
+        let text = format!(
+            r#"[terminal]
+id = "{id}"
+groups = ["futian"]
+
+[mqtt]
+url = "{url}"
+reconnect_min_s = 1
+reconnect_max_s = 2
+
+[paths]
+state_dir = "{d}/state"
+socket = "{d}/run/kioskctl.sock"
+trust_file = "{d}/trust.json"
+apps_dir = "{d}/apps"
+root = "{d}/root"
+
+{extra}
+"#,
+            id = self.id,
+            d = self.dir.path().display(),
+        );
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+pub struct Agent {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+pub fn agent_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_kiosk-agent")
+}
+
+pub fn kioskctl_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_kioskctl")
+}
+
+impl Agent {
+    pub fn start(config: &Path) -> Self {
+        Self::start_env(config, &[])
+    }
+
+    pub fn start_env(config: &Path, env: &[(&str, &str)]) -> Self {
+        let log = config.with_extension(format!("log.{}", free_port()));
+        let f = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(agent_bin());
+        cmd.arg("--config")
+            .arg(config)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("WATCHDOG_USEC")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(f);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Agent { child: cmd.spawn().expect("start agent"), log }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).unwrap();
+    }
+
+    pub fn wait(&mut self) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(start.elapsed() < DEADLINE, "agent did not exit; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stop(mut self) -> ExitStatus {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        self.wait()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until the agent's socket answers (it is bound before READY).
+pub fn wait_socket(path: &Path) {
+    let start = Instant::now();
+    while std::os::unix::net::UnixStream::connect(path).is_err() {
+        assert!(start.elapsed() < DEADLINE, "socket {} never came up", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One request on the local socket.
+pub fn socket_call(path: &Path, req: &Value) -> Value {
+    let mut c = kiosk_agent::api::client::Client::connect(path).expect("connect socket");
+    c.call(req).expect("socket call")
+}
+
+pub fn write(path: &Path, text: &str) {
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p).unwrap();
+    }
+    let mut f = std::fs::File::create(path).unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
