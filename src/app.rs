@@ -51,7 +51,12 @@ pub async fn run(cfg: Config, clock: SharedClock) -> Result<(), AppError> {
     };
     let (inbound_tx, inbound_rx) = mpsc::channel::<Inbound>(256);
     let (transport, publisher) = Transport::new(&cfg, &identity, events.clone(), inbound_tx)?;
-    let telemetry = Arc::new(Telemetry::new(&cfg, events.clone(), maintenance.clone(), clock.clone()));
+    let telemetry = Arc::new(Telemetry::new(
+        &cfg,
+        events.clone(),
+        maintenance.clone(),
+        clock.clone(),
+    ));
     let server = Server::bind(
         &cfg.paths.socket,
         Groups {
@@ -111,7 +116,10 @@ pub async fn run(cfg: Config, clock: SharedClock) -> Result<(), AppError> {
         sd_notify::NotifyState::Status("stopping: flushing events"),
     ]);
     cancel.cancel();
-    if tokio::time::timeout(STOP_GRACE, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(STOP_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("some tasks did not stop within {STOP_GRACE:?}");
     }
     let _ = std::fs::remove_file(&cfg.paths.socket);
@@ -210,7 +218,11 @@ impl Handler for LocalOps {
             },
             "inspect" => proto::ok(json!({"probes": self.telemetry.run_probes().await})),
             "events" => {
-                let n = req.get("limit").and_then(Value::as_u64).unwrap_or(50).min(1000) as usize;
+                let n = req
+                    .get("limit")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(50)
+                    .min(1000) as usize;
                 proto::ok(json!({"events": self.events.recent(n)}))
             }
             "maintenance" => {
@@ -218,12 +230,21 @@ impl Handler for LocalOps {
                     return proto::error("bad_request", "maintenance needs \"on\": true|false");
                 };
                 let reason = req.get("reason").and_then(Value::as_str).unwrap_or("");
-                match self.maintenance.set(on, reason, &format!("local:{}", conn.uid), &rfc3339(self.clock.now())) {
+                match self.maintenance.set(
+                    on,
+                    reason,
+                    &format!("local:{}", conn.uid),
+                    &rfc3339(self.clock.now()),
+                ) {
                     Ok(state) => {
                         self.events.emit(
                             Severity::Info,
                             "maintenance.changed",
-                            if on { format!("maintenance mode on: {reason}") } else { "maintenance mode off".into() },
+                            if on {
+                                format!("maintenance mode on: {reason}")
+                            } else {
+                                "maintenance mode off".into()
+                            },
                             json!(state),
                         );
                         proto::ok(json!(state))
@@ -231,7 +252,10 @@ impl Handler for LocalOps {
                     Err(e) => proto::error("state_error", e.to_string()),
                 }
             }
-            other => proto::error("unavailable", format!("{other} is not available in this agent version")),
+            other => proto::error(
+                "unavailable",
+                format!("{other} is not available in this agent version"),
+            ),
         }
     }
 

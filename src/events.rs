@@ -140,7 +140,10 @@ impl Outbox {
                 }
                 match serde_json::from_slice::<Event>(&line) {
                     // Keep order strictly increasing: a line that goes backwards is corrupt.
-                    Ok(ev) if ev.seq > meta.acked_seq && queue.back().is_none_or(|b: &Event| ev.seq > b.seq) => {
+                    Ok(ev)
+                        if ev.seq > meta.acked_seq
+                            && queue.back().is_none_or(|b: &Event| ev.seq > b.seq) =>
+                    {
                         last_seq = last_seq.max(ev.seq);
                         queue.push_back(ev);
                     }
@@ -230,7 +233,11 @@ impl Outbox {
 
     /// Marks one event delivered. Acks may arrive out of order; only the contiguous prefix moves
     /// `acked_seq`, so a crash never skips an undelivered event.
-    pub fn ack(&mut self, seq: u64, delivered: &mut std::collections::BTreeSet<u64>) -> Result<(), EventsError> {
+    pub fn ack(
+        &mut self,
+        seq: u64,
+        delivered: &mut std::collections::BTreeSet<u64>,
+    ) -> Result<(), EventsError> {
         delivered.insert(seq);
         let mut moved = false;
         while let Some(front) = self.queue.front() {
@@ -382,7 +389,14 @@ impl EventSink {
         stored.into_iter().next()
     }
 
-    fn make(&self, outbox: &Outbox, severity: Severity, code: &str, message: String, details: Value) -> Event {
+    fn make(
+        &self,
+        outbox: &Outbox,
+        severity: Severity,
+        code: &str,
+        message: String,
+        details: Value,
+    ) -> Event {
         let seq = outbox.next_seq();
         Event {
             id: format!("{}-{}", self.terminal_id, seq),
@@ -392,7 +406,11 @@ impl EventSink {
             severity,
             code: code.to_string(),
             message,
-            details: if details.is_null() { json!({}) } else { details },
+            details: if details.is_null() {
+                json!({})
+            } else {
+                details
+            },
         }
     }
 
@@ -462,7 +480,12 @@ mod tests {
         {
             let (s, _) = sink(d.path(), 100);
             for i in 0..5 {
-                s.emit(Severity::Minor, "probe.failed", format!("e{i}"), Value::Null);
+                s.emit(
+                    Severity::Minor,
+                    "probe.failed",
+                    format!("e{i}"),
+                    Value::Null,
+                );
             }
             let mut del = BTreeSet::new();
             s.ack(2, &mut del); // out of order: does not move the prefix
@@ -481,7 +504,12 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let (s, _) = sink(d.path(), 10);
         for i in 0..10 {
-            s.emit(Severity::Minor, "probe.failed", format!("e{i}"), Value::Null);
+            s.emit(
+                Severity::Minor,
+                "probe.failed",
+                format!("e{i}"),
+                Value::Null,
+            );
         }
         s.emit(Severity::Minor, "probe.failed", "overflow", Value::Null);
         let head = s.unacked_head(100);
@@ -502,15 +530,27 @@ mod tests {
             s.emit(Severity::Minor, "a", "one", Value::Null);
             s.emit(Severity::Minor, "b", "two", Value::Null);
         }
-        let mut f = OpenOptions::new().append(true).open(d.path().join(LOG)).unwrap();
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(d.path().join(LOG))
+            .unwrap();
         f.write_all(b"{\"id\":\"t1-3\",\"seq\":3,\"ts\"").unwrap();
         drop(f);
         let (s, rec) = sink(d.path(), 100);
         assert_eq!(rec.corrupt_lines, 1);
         assert_eq!(rec.pending, 2);
-        assert_eq!(s.emit(Severity::Info, "c", "three", Value::Null).unwrap().seq, 3);
+        assert_eq!(
+            s.emit(Severity::Info, "c", "three", Value::Null)
+                .unwrap()
+                .seq,
+            3
+        );
         drop(s);
         let (_, rec) = sink(d.path(), 100);
-        assert_eq!((rec.pending, rec.corrupt_lines), (3, 0), "rewritten cleanly");
+        assert_eq!(
+            (rec.pending, rec.corrupt_lines),
+            (3, 0),
+            "rewritten cleanly"
+        );
     }
 }

@@ -100,7 +100,10 @@ impl FixedClock {
 
 impl Clock for FixedClock {
     fn now(&self) -> Timestamp {
-        self.0.lock().map(|g| *g).unwrap_or_else(|p| *p.into_inner())
+        self.0
+            .lock()
+            .map(|g| *g)
+            .unwrap_or_else(|p| *p.into_inner())
     }
 }
 
@@ -121,22 +124,36 @@ mod tests {
     #[test]
     fn resolve_stays_under_root() {
         let h = HostPaths::new("/tmp/fx");
-        assert_eq!(h.resolve("/etc/passwd"), PathBuf::from("/tmp/fx/etc/passwd"));
+        assert_eq!(
+            h.resolve("/etc/passwd"),
+            PathBuf::from("/tmp/fx/etc/passwd")
+        );
         assert_eq!(h.resolve("/../../etc/x"), PathBuf::from("/tmp/fx/etc/x"));
-        assert_eq!(HostPaths::new("/").resolve("/proc/1"), PathBuf::from("/proc/1"));
+        assert_eq!(
+            HostPaths::new("/").resolve("/proc/1"),
+            PathBuf::from("/proc/1")
+        );
     }
 
     #[test]
     fn writes_whole_seconds_utc() {
         let t: Timestamp = "2026-11-29T16:00:00.789+08:00".parse().unwrap();
         assert_eq!(rfc3339(t), "2026-11-29T08:00:00Z");
-        assert_eq!(parse_time("2026-11-29T08:00:00Z"), Some("2026-11-29T08:00:00Z".parse().unwrap()));
+        assert_eq!(
+            parse_time("2026-11-29T08:00:00Z"),
+            Some("2026-11-29T08:00:00Z".parse().unwrap())
+        );
         assert!(parse_time("yesterday").is_none());
     }
 
     #[test]
     fn offset_clock_moves_forward() {
         let c = SystemClock::with_offset_secs(86_400);
-        assert!(c.now() > Timestamp::now().checked_add(SignedDuration::from_hours(23)).unwrap());
+        assert!(
+            c.now()
+                > Timestamp::now()
+                    .checked_add(SignedDuration::from_hours(23))
+                    .unwrap()
+        );
     }
 }

@@ -26,12 +26,17 @@ pub fn init(level: &str) {
         }
     }
     use tracing_subscriber::prelude::*;
-    let filter = EnvFilter::try_new(format!("{level},rumqttc=warn")).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_new(format!("{level},rumqttc=warn"))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
     let _ = RELOAD.set(handle);
     let _ = tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false),
+        )
         .try_init();
 }
 

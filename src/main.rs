@@ -9,7 +9,11 @@ use kiosk_agent::config::Config;
 use kiosk_agent::host::SystemClock;
 
 #[derive(Parser)]
-#[command(name = "kiosk-agent", version, about = "Terminal-side agent for government-service self-service kiosks")]
+#[command(
+    name = "kiosk-agent",
+    version,
+    about = "Terminal-side agent for government-service self-service kiosks"
+)]
 struct Cli {
     /// Configuration file (TOML).
     #[arg(long, global = true, default_value = "/etc/kiosk-agent/agent.toml")]
@@ -34,11 +38,19 @@ fn main() -> ExitCode {
         }
     };
     if let Some(Cmd::CheckConfig) = cli.cmd {
-        println!("{}: ok (terminal {}, {} probe(s))", cli.config.display(), cfg.terminal.id, cfg.probes.len());
+        println!(
+            "{}: ok (terminal {}, {} probe(s))",
+            cli.config.display(),
+            cfg.terminal.id,
+            cfg.probes.len()
+        );
         return ExitCode::SUCCESS;
     }
     kiosk_agent::logging::init(&cfg.log.level);
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("kiosk-agent: cannot start the runtime: {e}");

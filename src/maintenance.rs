@@ -61,10 +61,20 @@ impl Maintenance {
     }
 
     /// Persists first, then publishes the change, so a restart never forgets what was shown.
-    pub fn set(&self, on: bool, reason: &str, by: &str, now: &str) -> Result<MaintenanceState, StateError> {
+    pub fn set(
+        &self,
+        on: bool,
+        reason: &str,
+        by: &str,
+        now: &str,
+    ) -> Result<MaintenanceState, StateError> {
         let state = MaintenanceState {
             on,
-            reason: if on { reason.to_string() } else { String::new() },
+            reason: if on {
+                reason.to_string()
+            } else {
+                String::new()
+            },
             since: on.then(|| now.to_string()),
             by: by.to_string(),
         };
@@ -84,7 +94,8 @@ mod tests {
         let store = StateStore::open(d.path()).unwrap();
         let m = Maintenance::load(store.clone());
         assert!(!m.is_on());
-        m.set(true, "replacing printer", "local:0", "2026-11-29T08:00:00Z").unwrap();
+        m.set(true, "replacing printer", "local:0", "2026-11-29T08:00:00Z")
+            .unwrap();
         let again = Maintenance::load(store);
         assert!(again.is_on());
         assert_eq!(again.get().reason, "replacing printer");

@@ -38,10 +38,16 @@ fn online_health_and_probe_transitions() {
     assert!(h2["memory"]["total_bytes"].as_u64().unwrap() > 0);
     assert!(h2["memory"]["used_bytes"].as_u64().unwrap() > 0);
     let disks = h2["disks"].as_array().unwrap();
-    assert!(!disks.is_empty() && disks.iter().all(|d| d["total_bytes"].as_u64().unwrap() > 0), "{disks:?}");
+    assert!(
+        !disks.is_empty() && disks.iter().all(|d| d["total_bytes"].as_u64().unwrap() > 0),
+        "{disks:?}"
+    );
     assert!(h2["agent"]["rss_bytes"].as_u64().unwrap() > 0);
     let probe = &h2["probes"][0];
-    assert_eq!((probe["id"].as_str(), probe["ok"].as_bool()), (Some("camera"), Some(false)));
+    assert_eq!(
+        (probe["id"].as_str(), probe["ok"].as_bool()),
+        (Some("camera"), Some(false))
+    );
 
     let failed = platform.event("probe.failed");
     assert_eq!(failed["severity"], "minor", "configured severity");
@@ -59,10 +65,11 @@ fn events_survive_broker_outage_and_agent_restart_in_order() {
     let term = Terminal::new("sz-ft-0002");
     write(&term.path("root/dev/video0"), "");
     let cfg = term.config(&broker.url(), PROBE);
-    let mut platform = Platform::connect_session(broker.port, "kiosk/v1/t/+/events", "platform-outage");
+    let mut platform =
+        Platform::connect_session(broker.port, "kiosk/v1/t/+/events", "platform-outage");
     {
         let agent = Agent::start(&cfg);
-            platform.event("agent.started");
+        platform.event("agent.started");
         wait_socket(&term.socket());
         let ok = |r: &Value| r["data"]["probes"][0]["ok"] == true;
         assert!(ok(&socket_call(&term.socket(), &json!({"op": "inspect"}))));
@@ -73,30 +80,59 @@ fn events_survive_broker_outage_and_agent_restart_in_order() {
         let start = std::time::Instant::now();
         loop {
             let r = socket_call(&sock, &json!({"op": "events"}));
-            if r["data"]["events"].as_array().unwrap().iter().any(|e| e["code"] == "probe.failed") {
+            if r["data"]["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["code"] == "probe.failed")
+            {
                 break;
             }
             assert!(start.elapsed() < DEADLINE, "probe.failed never raised");
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        assert_eq!(agent.stop().code(), Some(0), "stops cleanly without a broker");
+        assert_eq!(
+            agent.stop().code(),
+            Some(0),
+            "stops cleanly without a broker"
+        );
     }
     // Restarted while the broker is still down, then a second fault while offline.
     let agent = Agent::start(&cfg);
     wait_socket(&term.socket());
     broker.restart();
     let log_path = agent.log.clone();
-    let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| platform.event("probe.failed")))
-        .unwrap_or_else(|_| panic!("agent log:\n{}\nbroker log:\n{}", std::fs::read_to_string(&log_path).unwrap_or_default(), broker.log()));
-    let third_start = platform.wait_json("/events", |v| v["code"] == "agent.started" && v["seq"].as_u64() > Some(2));
-    let events: Vec<Value> =
-        platform.seen.iter().filter(|m| m.topic.ends_with("/events")).map(|m| m.json()).collect();
+    let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        platform.event("probe.failed")
+    }))
+    .unwrap_or_else(|_| {
+        panic!(
+            "agent log:\n{}\nbroker log:\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default(),
+            broker.log()
+        )
+    });
+    let third_start = platform.wait_json("/events", |v| {
+        v["code"] == "agent.started" && v["seq"].as_u64() > Some(2)
+    });
+    let events: Vec<Value> = platform
+        .seen
+        .iter()
+        .filter(|m| m.topic.ends_with("/events"))
+        .map(|m| m.json())
+        .collect();
     let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     let mut sorted = seqs.clone();
     sorted.sort();
     assert_eq!(seqs, sorted, "delivered in order: {seqs:?}");
-    assert!(failed["seq"].as_u64().unwrap() >= 2, "seq survives restarts");
-    assert!(third_start["seq"].as_u64() > failed["seq"].as_u64(), "the offline fault comes first");
+    assert!(
+        failed["seq"].as_u64().unwrap() >= 2,
+        "seq survives restarts"
+    );
+    assert!(
+        third_start["seq"].as_u64() > failed["seq"].as_u64(),
+        "the offline fault comes first"
+    );
     assert_eq!(agent.stop().code(), Some(0));
 }
 
@@ -161,14 +197,22 @@ fn socket_status_health_inspect_and_maintenance() {
     let bad = socket_call(&sock, &json!({"op": "fly"}));
     assert_eq!(bad["error"]["code"], "unknown_op");
 
-    let m = socket_call(&sock, &json!({"op": "maintenance", "on": true, "reason": "replacing camera"}));
+    let m = socket_call(
+        &sock,
+        &json!({"op": "maintenance", "on": true, "reason": "replacing camera"}),
+    );
     assert_eq!(m["data"]["on"], true);
     platform.wait_json("/health", |v| v["maintenance"] == true);
     // Alarms are muted in maintenance: the camera coming back raises nothing.
     write(&term.path("root/dev/video0"), "");
     platform.wait_json("/health", |v| v["probes"][0]["ok"] == true);
     platform.drain();
-    assert!(!platform.seen.iter().any(|m| m.json()["code"] == "probe.recovered"));
+    assert!(
+        !platform
+            .seen
+            .iter()
+            .any(|m| m.json()["code"] == "probe.recovered")
+    );
 
     // kioskctl renders it for a person.
     let out = std::process::Command::new(kioskctl_bin())
@@ -177,7 +221,10 @@ fn socket_status_health_inspect_and_maintenance() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("Maintenance   ON") && text.contains("replacing camera"), "{text}");
+    assert!(
+        text.contains("Maintenance   ON") && text.contains("replacing camera"),
+        "{text}"
+    );
     let out = std::process::Command::new(kioskctl_bin())
         .args(["--socket", sock.to_str().unwrap(), "--json", "health"])
         .output()

@@ -8,7 +8,9 @@ use serde_json::Value;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to {path}: {source} (is kiosk-agent running? are you in the technicians' group?)")]
+    #[error(
+        "cannot connect to {path}: {source} (is kiosk-agent running? are you in the technicians' group?)"
+    )]
     Connect {
         path: String,
         source: std::io::Error,

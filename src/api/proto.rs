@@ -4,8 +4,18 @@ use serde_json::{Value, json};
 
 /// Ops a member of `local.read_group` may use (technicians, the kiosk UI).
 pub const READ_OPS: &[&str] = &[
-    "status", "health", "inspect", "compliance", "schedule", "updates", "events", "catalog",
-    "patrol", "subscribe", "inhibit", "release",
+    "status",
+    "health",
+    "inspect",
+    "compliance",
+    "schedule",
+    "updates",
+    "events",
+    "catalog",
+    "patrol",
+    "subscribe",
+    "inhibit",
+    "release",
 ];
 /// Ops only root or `local.admin_group` may use.
 pub const ADMIN_OPS: &[&str] = &["maintenance", "compliance_scan", "inspect_publish"];

@@ -121,12 +121,20 @@ fn peer_groups(gid: u32, pid: Option<i32>) -> Vec<u32> {
         && let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status"))
         && let Some(line) = status.lines().find_map(|l| l.strip_prefix("Groups:"))
     {
-        groups.extend(line.split_whitespace().filter_map(|g| g.parse::<u32>().ok()));
+        groups.extend(
+            line.split_whitespace()
+                .filter_map(|g| g.parse::<u32>().ok()),
+        );
     }
     groups
 }
 
-pub fn authorize(uid: u32, peer_groups: &[u32], admin_gid: Option<u32>, read_gid: Option<u32>) -> Principal {
+pub fn authorize(
+    uid: u32,
+    peer_groups: &[u32],
+    admin_gid: Option<u32>,
+    read_gid: Option<u32>,
+) -> Principal {
     if uid == 0 || admin_gid.is_some_and(|g| peer_groups.contains(&g)) {
         Principal::Admin
     } else if read_gid.is_some_and(|g| peer_groups.contains(&g)) {
@@ -157,7 +165,12 @@ fn identify(stream: &UnixStream, id: u64, groups: &Groups) -> Conn {
     }
 }
 
-async fn serve<H: Handler>(stream: UnixStream, conn: Conn, handler: Arc<H>, cancel: CancellationToken) {
+async fn serve<H: Handler>(
+    stream: UnixStream,
+    conn: Conn,
+    handler: Arc<H>,
+    cancel: CancellationToken,
+) {
     let (rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<String>(64);
     let writer = tokio::spawn(async move {
@@ -184,7 +197,13 @@ async fn serve<H: Handler>(stream: UnixStream, conn: Conn, handler: Arc<H>, canc
         }
         if buf.last() != Some(&b'\n') {
             let _ = tx
-                .send(proto::error("request_too_large", format!("a request line is limited to {MAX_LINE} bytes")).to_string())
+                .send(
+                    proto::error(
+                        "request_too_large",
+                        format!("a request line is limited to {MAX_LINE} bytes"),
+                    )
+                    .to_string(),
+                )
                 .await;
             break;
         }
@@ -196,7 +215,10 @@ async fn serve<H: Handler>(stream: UnixStream, conn: Conn, handler: Arc<H>, canc
                 }
                 Some(op) if !conn.principal.may(op) => proto::error(
                     "forbidden",
-                    format!("uid {} may not use {op:?} (needs the technicians' or admins' group)", conn.uid),
+                    format!(
+                        "uid {} may not use {op:?} (needs the technicians' or admins' group)",
+                        conn.uid
+                    ),
                 ),
                 Some("subscribe") => {
                     if subscription.is_none() {
@@ -243,9 +265,18 @@ mod tests {
     #[test]
     fn deny_by_default() {
         assert_eq!(authorize(0, &[0], None, None), Principal::Admin);
-        assert_eq!(authorize(1000, &[1000, 50], Some(60), Some(50)), Principal::Reader);
-        assert_eq!(authorize(1000, &[1000, 60], Some(60), Some(50)), Principal::Admin);
-        assert_eq!(authorize(1000, &[1000], Some(60), Some(50)), Principal::Nobody);
+        assert_eq!(
+            authorize(1000, &[1000, 50], Some(60), Some(50)),
+            Principal::Reader
+        );
+        assert_eq!(
+            authorize(1000, &[1000, 60], Some(60), Some(50)),
+            Principal::Admin
+        );
+        assert_eq!(
+            authorize(1000, &[1000], Some(60), Some(50)),
+            Principal::Nobody
+        );
         assert!(!Principal::Reader.may("maintenance"));
         assert!(Principal::Reader.may("inhibit"));
         assert!(!Principal::Nobody.may("status"));

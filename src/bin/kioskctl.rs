@@ -10,10 +10,19 @@ use kiosk_agent::api::client::Client;
 use serde_json::{Value, json};
 
 #[derive(Parser)]
-#[command(name = "kioskctl", version, about = "Inspect and control the local kiosk-agent")]
+#[command(
+    name = "kioskctl",
+    version,
+    about = "Inspect and control the local kiosk-agent"
+)]
 struct Cli {
     /// The agent's socket.
-    #[arg(long, global = true, env = "KIOSKCTL_SOCKET", default_value = "/run/kiosk-agent/kioskctl.sock")]
+    #[arg(
+        long,
+        global = true,
+        env = "KIOSKCTL_SOCKET",
+        default_value = "/run/kiosk-agent/kioskctl.sock"
+    )]
     socket: PathBuf,
     /// Print the agent's JSON instead of a table.
     #[arg(long, global = true)]
@@ -74,9 +83,13 @@ fn request(cmd: &Cmd) -> Value {
         Cmd::Health => json!({"op": "health"}),
         Cmd::Inspect => json!({"op": "inspect"}),
         Cmd::Events { limit, .. } => json!({"op": "events", "limit": limit}),
-        Cmd::Maintenance { state, reason } => json!({"op": "maintenance", "on": state == "on", "reason": reason}),
+        Cmd::Maintenance { state, reason } => {
+            json!({"op": "maintenance", "on": state == "on", "reason": reason})
+        }
         Cmd::Catalog => json!({"op": "catalog"}),
-        Cmd::Compliance { scan } => json!({"op": if *scan { "compliance_scan" } else { "compliance" }}),
+        Cmd::Compliance { scan } => {
+            json!({"op": if *scan { "compliance_scan" } else { "compliance" }})
+        }
         Cmd::Schedule => json!({"op": "schedule"}),
         Cmd::Updates => json!({"op": "updates"}),
     }
@@ -134,7 +147,11 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let line = |cells: Vec<String>| {
         let mut out = String::from("  ");
         for (i, c) in cells.iter().enumerate() {
-            let pad = w.get(i).copied().unwrap_or(0).saturating_sub(c.chars().count());
+            let pad = w
+                .get(i)
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(c.chars().count());
             out.push_str(c);
             if i + 1 < cells.len() {
                 out.push_str(&" ".repeat(pad + 2));
@@ -150,7 +167,9 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 fn mib(v: &Value) -> String {
-    v.as_u64().map(|b| format!("{:.0} MiB", b as f64 / 1048576.0)).unwrap_or("-".into())
+    v.as_u64()
+        .map(|b| format!("{:.0} MiB", b as f64 / 1048576.0))
+        .unwrap_or("-".into())
 }
 
 fn probe_rows(probes: &Value) -> String {
@@ -160,7 +179,11 @@ fn probe_rows(probes: &Value) -> String {
         .flatten()
         .map(|p| {
             vec![
-                if p["ok"] == json!(true) { "ok".into() } else { "FAIL".into() },
+                if p["ok"] == json!(true) {
+                    "ok".into()
+                } else {
+                    "FAIL".into()
+                },
                 s(&p["id"]),
                 s(&p["kind"]),
                 s(&p["severity"]),
@@ -177,7 +200,15 @@ fn probe_rows(probes: &Value) -> String {
 fn event_rows(events: &[Value]) -> String {
     let rows: Vec<Vec<String>> = events
         .iter()
-        .map(|e| vec![s(&e["ts"]), s(&e["seq"]), s(&e["severity"]), s(&e["code"]), s(&e["message"])])
+        .map(|e| {
+            vec![
+                s(&e["ts"]),
+                s(&e["seq"]),
+                s(&e["severity"]),
+                s(&e["code"]),
+                s(&e["message"]),
+            ]
+        })
         .collect();
     table(&["TIME", "SEQ", "SEVERITY", "CODE", "MESSAGE"], &rows)
 }
@@ -194,12 +225,19 @@ fn render(cmd: &Cmd, d: &Value) -> String {
             let broker = format!(
                 "{} ({})",
                 s(&d["mqtt"]["url"]),
-                if d["mqtt"]["connected"] == json!(true) { "connected" } else { "NOT CONNECTED" }
+                if d["mqtt"]["connected"] == json!(true) {
+                    "connected"
+                } else {
+                    "NOT CONNECTED"
+                }
             );
             let mut out = format!(
                 "Terminal      {}  groups: {}\nAgent         {} since {}\nBroker        {}\nMaintenance   {}\nEvents queued {}\n",
                 s(&d["terminal_id"]),
-                d["groups"].as_array().map(|g| g.iter().map(s).collect::<Vec<_>>().join(", ")).unwrap_or_default(),
+                d["groups"]
+                    .as_array()
+                    .map(|g| g.iter().map(s).collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default(),
                 s(&d["agent_version"]),
                 s(&d["started_at"]),
                 broker,
@@ -230,7 +268,13 @@ fn render(cmd: &Cmd, d: &Value) -> String {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .map(|x| vec![s(&x["mount"]), mib(&x["avail_bytes"]), mib(&x["total_bytes"])])
+                .map(|x| {
+                    vec![
+                        s(&x["mount"]),
+                        mib(&x["avail_bytes"]),
+                        mib(&x["total_bytes"]),
+                    ]
+                })
                 .collect();
             out.push_str("Disks\n");
             out.push_str(&table(&["MOUNT", "FREE", "TOTAL"], &disks));

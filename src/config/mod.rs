@@ -349,7 +349,10 @@ pub fn parse_broker_url(url: &str) -> Result<BrokerUrl, String> {
         (h.to_string(), port)
     } else {
         match rest.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), p.parse().map_err(|_| "port must be 1-65535")?),
+            Some((h, p)) => (
+                h.to_string(),
+                p.parse().map_err(|_| "port must be 1-65535")?,
+            ),
             None => (rest.to_string(), default_port),
         }
     };
@@ -441,7 +444,10 @@ impl Config {
         }
         let p = &self.mqtt.topic_prefix;
         if p.is_empty() || p.starts_with('/') || p.ends_with('/') || p.contains(['#', '+']) {
-            e.push("mqtt.topic_prefix: must be non-empty, without wildcards or leading/trailing /".into());
+            e.push(
+                "mqtt.topic_prefix: must be non-empty, without wildcards or leading/trailing /"
+                    .into(),
+            );
         }
         if self.mqtt.keep_alive_s < 5 {
             e.push("mqtt.keep_alive_s: must be at least 5".into());
@@ -507,7 +513,9 @@ impl Config {
         }
         for (i, u) in self.commands.restart_units_allowed.iter().enumerate() {
             if u.is_empty() || u.starts_with('-') || u.contains('/') {
-                e.push(format!("commands.restart_units_allowed[{i}]: {u:?} is not a unit name"));
+                e.push(format!(
+                    "commands.restart_units_allowed[{i}]: {u:?} is not a unit name"
+                ));
             }
         }
         if self.updates.keep_releases == 0 {
@@ -525,7 +533,10 @@ impl Config {
         for (i, pr) in self.probes.iter().enumerate() {
             let k = format!("probes[{i}]");
             if !valid_id(&pr.id) {
-                e.push(format!("{k}.id: {:?} must match [a-z0-9][a-z0-9-]{{0,63}}", pr.id));
+                e.push(format!(
+                    "{k}.id: {:?} must match [a-z0-9][a-z0-9-]{{0,63}}",
+                    pr.id
+                ));
             } else if !seen.insert(pr.id.clone()) {
                 e.push(format!("{k}.id: {:?} is used twice", pr.id));
             }
@@ -546,24 +557,44 @@ impl Config {
             match pr.kind.as_str() {
                 "usb" => match &pr.vid_pid {
                     Some(v) if parse_vid_pid(v).is_some() => {}
-                    Some(v) => e.push(format!("{k}.vid_pid: {v:?} must be 4 hex digits:4 hex digits")),
+                    Some(v) => e.push(format!(
+                        "{k}.vid_pid: {v:?} must be 4 hex digits:4 hex digits"
+                    )),
                     None => need("vid_pid", false, &mut e),
                 },
-                "path" => need("path", pr.path.as_ref().is_some_and(|p| p.is_absolute()), &mut e),
+                "path" => need(
+                    "path",
+                    pr.path.as_ref().is_some_and(|p| p.is_absolute()),
+                    &mut e,
+                ),
                 "tcp" => match &pr.addr {
-                    Some(a) if a.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) => {}
+                    Some(a)
+                        if a.rsplit_once(':')
+                            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) => {}
                     Some(a) => e.push(format!("{k}.addr: {a:?} must be host:port")),
                     None => need("addr", false, &mut e),
                 },
-                "unit" => need("unit", pr.unit.as_ref().is_some_and(|u| !u.is_empty()), &mut e),
-                "exec" => need("cmd", pr.cmd.as_ref().is_some_and(|c| !c.is_empty() && !c[0].is_empty()), &mut e),
+                "unit" => need(
+                    "unit",
+                    pr.unit.as_ref().is_some_and(|u| !u.is_empty()),
+                    &mut e,
+                ),
+                "exec" => need(
+                    "cmd",
+                    pr.cmd
+                        .as_ref()
+                        .is_some_and(|c| !c.is_empty() && !c[0].is_empty()),
+                    &mut e,
+                ),
                 "ipp" => match &pr.url {
                     Some(u) if u.starts_with("http://") || u.starts_with("ipp://") => {}
                     Some(u) => e.push(format!("{k}.url: {u:?} must be http:// or ipp://")),
                     None => need("url", false, &mut e),
                 },
                 "nut" => match &pr.ups {
-                    Some(u) if u.split_once('@').is_some_and(|(n, h)| !n.is_empty() && !h.is_empty()) => {}
+                    Some(u)
+                        if u.split_once('@')
+                            .is_some_and(|(n, h)| !n.is_empty() && !h.is_empty()) => {}
                     Some(u) => e.push(format!("{k}.ups: {u:?} must be name@host[:port]")),
                     None => need("ups", false, &mut e),
                 },
@@ -626,15 +657,31 @@ url = "mqtt://127.0.0.1:1883"
     #[test]
     fn bad_values_name_their_key() {
         let e = errors(&MIN.replace("mqtt://", "http://"));
-        assert!(e.iter().any(|m| m.starts_with("mqtt.url: scheme must be mqtt or mqtts")), "{e:?}");
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("mqtt.url: scheme must be mqtt or mqtts")),
+            "{e:?}"
+        );
         let e = errors(&MIN.replace("sz-ft-0001", "SZ_FT"));
         assert!(e.iter().any(|m| m.starts_with("terminal.id:")), "{e:?}");
         let e = errors(&format!("{MIN}\n[health]\ninterval_s = 0\n"));
-        assert!(e.iter().any(|m| m.starts_with("health.interval_s:")), "{e:?}");
-        let e = errors(&format!("{MIN}\n[[probes]]\nid = \"x\"\nkind = \"laser\"\n"));
-        assert!(e.iter().any(|m| m.starts_with("probes[0].kind: unknown probe kind")), "{e:?}");
+        assert!(
+            e.iter().any(|m| m.starts_with("health.interval_s:")),
+            "{e:?}"
+        );
+        let e = errors(&format!(
+            "{MIN}\n[[probes]]\nid = \"x\"\nkind = \"laser\"\n"
+        ));
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("probes[0].kind: unknown probe kind")),
+            "{e:?}"
+        );
         let e = errors(&MIN.replace("id = \"sz-ft-0001\"\n", ""));
-        assert!(e.iter().any(|m| m.starts_with("terminal.id: missing")), "{e:?}");
+        assert!(
+            e.iter().any(|m| m.starts_with("terminal.id: missing")),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -647,7 +694,11 @@ url = "mqtt://127.0.0.1:1883"
     fn broker_urls() {
         assert_eq!(
             parse_broker_url("mqtts://broker.example:8884").unwrap(),
-            BrokerUrl { tls: true, host: "broker.example".into(), port: 8884 }
+            BrokerUrl {
+                tls: true,
+                host: "broker.example".into(),
+                port: 8884
+            }
         );
         assert_eq!(parse_broker_url("mqtt://[::1]").unwrap().port, 1883);
         assert!(parse_broker_url("mqtt://host:0").is_err());

@@ -160,7 +160,10 @@ mod tests {
         fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
         write_atomic(&p, b"new", None).unwrap();
         assert_eq!(fs::read_to_string(&p).unwrap(), "new");
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let leftovers: Vec<_> = fs::read_dir(d.path()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temp file left behind");
     }
@@ -173,6 +176,9 @@ mod tests {
         s.save("n.json", &42u64).unwrap();
         assert_eq!(s.load::<u64>("n.json").unwrap(), Some(42));
         fs::write(s.path("n.json"), "{torn").unwrap();
-        assert!(matches!(s.load::<u64>("n.json"), Err(StateError::Parse { .. })));
+        assert!(matches!(
+            s.load::<u64>("n.json"),
+            Err(StateError::Parse { .. })
+        ));
     }
 }

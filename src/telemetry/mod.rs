@@ -41,7 +41,9 @@ impl Default for Sampler {
 }
 
 /// Filesystems that are not storage a technician can run out of.
-const PSEUDO_FS: &[&str] = &["tmpfs", "devtmpfs", "overlay", "squashfs", "proc", "sysfs", "ramfs"];
+const PSEUDO_FS: &[&str] = &[
+    "tmpfs", "devtmpfs", "overlay", "squashfs", "proc", "sysfs", "ramfs",
+];
 
 impl Sampler {
     pub fn new() -> Self {
@@ -84,7 +86,8 @@ impl Sampler {
             .iter()
             .filter_map(|c| {
                 let t = c.temperature()?;
-                t.is_finite().then(|| json!({"label": c.label(), "celsius": t}))
+                t.is_finite()
+                    .then(|| json!({"label": c.label(), "celsius": t}))
             })
             .collect();
         let mut net: Vec<Value> = self
@@ -154,7 +157,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Telemetry {
-    pub fn new(cfg: &Config, events: EventSink, maintenance: Maintenance, clock: SharedClock) -> Self {
+    pub fn new(
+        cfg: &Config,
+        events: EventSink,
+        maintenance: Maintenance,
+        clock: SharedClock,
+    ) -> Self {
         let default_timeout = cfg.health.probe_timeout_ms;
         Self {
             terminal_id: cfg.terminal.id.clone(),

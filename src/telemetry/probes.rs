@@ -38,7 +38,10 @@ impl Probe {
     pub async fn run(&self, env: &ProbeEnv) -> ProbeResult {
         let (ok, detail) = match tokio::time::timeout(self.timeout, self.check(env)).await {
             Ok(r) => r,
-            Err(_) => (false, format!("timed out after {} ms", self.timeout.as_millis())),
+            Err(_) => (
+                false,
+                format!("timed out after {} ms", self.timeout.as_millis()),
+            ),
         };
         ProbeResult {
             id: self.cfg.id.clone(),
@@ -94,10 +97,19 @@ impl Probe {
                     Ok((0, line)) => (true, line),
                     Ok((code, line)) if line.is_empty() => (false, format!("exit status {code}")),
                     Ok((code, line)) => (false, format!("exit status {code}: {line}")),
-                    Err(e) => (false, format!("cannot run {}: {e}", argv.first().map(String::as_str).unwrap_or(""))),
+                    Err(e) => (
+                        false,
+                        format!(
+                            "cannot run {}: {e}",
+                            argv.first().map(String::as_str).unwrap_or("")
+                        ),
+                    ),
                 }
             }
-            other => (false, format!("probe kind {other} is not supported by this agent version")),
+            other => (
+                false,
+                format!("probe kind {other} is not supported by this agent version"),
+            ),
         }
     }
 }
@@ -123,7 +135,10 @@ fn usb_present(dir: PathBuf, vid: u16, pid: u16) -> (bool, String) {
                 .and_then(|s| u16::from_str_radix(s.trim(), 16).ok())
         };
         if read("idVendor") == Some(vid) && read("idProduct") == Some(pid) {
-            return (true, format!("{wanted} at {}", e.file_name().to_string_lossy()));
+            return (
+                true,
+                format!("{wanted} at {}", e.file_name().to_string_lossy()),
+            );
         }
     }
     (false, format!("{wanted} not present"))
@@ -149,7 +164,14 @@ pub async fn run_cmd(argv: &[String]) -> std::io::Result<(i32, String)> {
     }
     let status = child.wait().await?;
     let text = String::from_utf8_lossy(&out);
-    let first = text.lines().next().unwrap_or("").trim().chars().take(200).collect();
+    let first = text
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .chars()
+        .take(200)
+        .collect();
     Ok((status.code().unwrap_or(-1), first))
 }
 
@@ -172,7 +194,10 @@ mod tests {
             timeout_ms: None,
         };
         f(&mut cfg);
-        Probe { cfg, timeout: Duration::from_millis(2000) }
+        Probe {
+            cfg,
+            timeout: Duration::from_millis(2000),
+        }
     }
 
     #[tokio::test]
@@ -182,30 +207,55 @@ mod tests {
         std::fs::create_dir_all(&dev).unwrap();
         std::fs::write(dev.join("idVendor"), "0bda\n").unwrap();
         std::fs::write(dev.join("idProduct"), "5411\n").unwrap();
-        let env = ProbeEnv { host: HostPaths::new(d.path()), systemctl: vec!["false".into()] };
-        let r = probe("usb", |c| c.vid_pid = Some("0bda:5411".into())).run(&env).await;
+        let env = ProbeEnv {
+            host: HostPaths::new(d.path()),
+            systemctl: vec!["false".into()],
+        };
+        let r = probe("usb", |c| c.vid_pid = Some("0bda:5411".into()))
+            .run(&env)
+            .await;
         assert!(r.ok, "{r:?}");
-        let r = probe("usb", |c| c.vid_pid = Some("0bda:9999".into())).run(&env).await;
+        let r = probe("usb", |c| c.vid_pid = Some("0bda:9999".into()))
+            .run(&env)
+            .await;
         assert!(!r.ok);
-        let r = probe("path", |c| c.path = Some("/dev/video0".into())).run(&env).await;
+        let r = probe("path", |c| c.path = Some("/dev/video0".into()))
+            .run(&env)
+            .await;
         assert!(!r.ok);
         std::fs::create_dir_all(d.path().join("dev")).unwrap();
         std::fs::write(d.path().join("dev/video0"), "").unwrap();
-        assert!(probe("path", |c| c.path = Some("/dev/video0".into())).run(&env).await.ok);
+        assert!(
+            probe("path", |c| c.path = Some("/dev/video0".into()))
+                .run(&env)
+                .await
+                .ok
+        );
     }
 
     #[tokio::test]
     async fn exec_timeout_and_first_line() {
-        let env = ProbeEnv { host: HostPaths::new("/"), systemctl: vec!["false".into()] };
-        let r = probe("exec", |c| c.cmd = Some(vec!["sh".into(), "-c".into(), "echo paper 80%; echo more".into()]))
-            .run(&env)
-            .await;
+        let env = ProbeEnv {
+            host: HostPaths::new("/"),
+            systemctl: vec!["false".into()],
+        };
+        let r = probe("exec", |c| {
+            c.cmd = Some(vec![
+                "sh".into(),
+                "-c".into(),
+                "echo paper 80%; echo more".into(),
+            ])
+        })
+        .run(&env)
+        .await;
         assert_eq!((r.ok, r.detail.as_str()), (true, "paper 80%"));
         let mut hung = probe("exec", |c| c.cmd = Some(vec!["sleep".into(), "30".into()]));
         hung.timeout = Duration::from_millis(100);
         let r = hung.run(&env).await;
         assert!(!r.ok && r.detail.contains("timed out"), "{r:?}");
-        let r = probe("unit", |c| c.unit = Some("x.service".into())).run(&env).await;
+        let r = probe("unit", |c| c.unit = Some("x.service".into()))
+            .run(&env)
+            .await;
         assert!(!r.ok && r.detail.contains("not active"), "{r:?}");
     }
 
@@ -213,8 +263,16 @@ mod tests {
     async fn tcp_probe() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap().to_string();
-        let env = ProbeEnv { host: HostPaths::new("/"), systemctl: vec![] };
-        assert!(probe("tcp", |c| c.addr = Some(addr.clone())).run(&env).await.ok);
+        let env = ProbeEnv {
+            host: HostPaths::new("/"),
+            systemctl: vec![],
+        };
+        assert!(
+            probe("tcp", |c| c.addr = Some(addr.clone()))
+                .run(&env)
+                .await
+                .ok
+        );
         drop(l);
         assert!(!probe("tcp", |c| c.addr = Some(addr)).run(&env).await.ok);
     }

@@ -105,7 +105,13 @@ impl Publisher {
     }
 
     fn send_json(&self, topic: String, retain: bool, value: &Value) -> bool {
-        self.send(topic, QoS::AtLeastOnce, retain, value.to_string().into_bytes(), Tag::Other)
+        self.send(
+            topic,
+            QoS::AtLeastOnce,
+            retain,
+            value.to_string().into_bytes(),
+            Tag::Other,
+        )
     }
 
     /// Health is telemetry: QoS 0, and skipped while offline (a stale report is worthless).
@@ -172,13 +178,18 @@ impl Transport {
         inbound: mpsc::Sender<Inbound>,
     ) -> Result<(Self, Publisher), TransportError> {
         let url = config::parse_broker_url(&cfg.mqtt.url).map_err(TransportError::Url)?;
-        let topics = Topics::new(&cfg.mqtt.topic_prefix, &cfg.terminal.id, &cfg.terminal.groups);
+        let topics = Topics::new(
+            &cfg.mqtt.topic_prefix,
+            &cfg.terminal.id,
+            &cfg.terminal.groups,
+        );
         let mut opts = MqttOptions::new(cfg.terminal.id.clone(), url.host.clone(), url.port);
         opts.set_keep_alive(Duration::from_secs(cfg.mqtt.keep_alive_s));
         opts.set_clean_session(false);
         opts.set_max_packet_size(MAX_INCOMING_PACKET, MAX_INCOMING_PACKET);
         opts.set_request_channel_capacity(REQUEST_CAPACITY);
-        let offline_lost = json!({"status": "offline", "terminal_id": cfg.terminal.id, "reason": "lost"});
+        let offline_lost =
+            json!({"status": "offline", "terminal_id": cfg.terminal.id, "reason": "lost"});
         opts.set_last_will(LastWill::new(
             topics.state(),
             offline_lost.to_string(),
@@ -224,7 +235,8 @@ impl Transport {
             "started_at": identity.started_at,
             "groups": cfg.terminal.groups,
         });
-        let offline = json!({"status": "offline", "terminal_id": cfg.terminal.id, "reason": "shutdown"});
+        let offline =
+            json!({"status": "offline", "terminal_id": cfg.terminal.id, "reason": "shutdown"});
         Ok((
             Self {
                 eventloop,
@@ -344,7 +356,11 @@ impl Transport {
                     // rumqttc drops what it had queued for a session the broker no longer has:
                     // forget those tags and send the events again from the outbox. While we
                     // were disconnected only untagged publishes could have been queued.
-                    self.publisher.tags.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                    self.publisher
+                        .tags
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clear();
                     self.unacked.clear();
                     self.events_sent.clear();
                     self.offline_acked = false;
@@ -457,7 +473,11 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(min: Duration, max: Duration) -> Self {
-        Self { min, max, attempt: 0 }
+        Self {
+            min,
+            max,
+            attempt: 0,
+        }
     }
 
     pub fn reset(&mut self) {

@@ -24,8 +24,13 @@ impl Scope {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Downstream {
     /// `desired/{kind}`; kind is `trust`, `policy`, `schedule`, `catalog` or `app/{name}`.
-    Desired { scope: Scope, kind: String },
-    Command { scope: Scope },
+    Desired {
+        scope: Scope,
+        kind: String,
+    },
+    Command {
+        scope: Scope,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -127,13 +132,20 @@ mod tests {
     use super::*;
 
     fn t() -> Topics {
-        Topics::new("kiosk/v1", "sz-ft-0001", &["futian".into(), "model-x".into()])
+        Topics::new(
+            "kiosk/v1",
+            "sz-ft-0001",
+            &["futian".into(), "model-x".into()],
+        )
     }
 
     #[test]
     fn builds_upstream() {
         assert_eq!(t().state(), "kiosk/v1/t/sz-ft-0001/state");
-        assert_eq!(t().reported("app/ui"), "kiosk/v1/t/sz-ft-0001/reported/app/ui");
+        assert_eq!(
+            t().reported("app/ui"),
+            "kiosk/v1/t/sz-ft-0001/reported/app/ui"
+        );
         assert_eq!(t().subscriptions().len(), 8);
     }
 
@@ -142,11 +154,20 @@ mod tests {
         let t = t();
         assert_eq!(
             t.parse("kiosk/v1/g/futian/desired/catalog"),
-            Some(Downstream::Desired { scope: Scope::Group("futian".into()), kind: "catalog".into() })
+            Some(Downstream::Desired {
+                scope: Scope::Group("futian".into()),
+                kind: "catalog".into()
+            })
         );
-        assert_eq!(t.parse("kiosk/v1/all/cmd"), Some(Downstream::Command { scope: Scope::Fleet }));
         assert_eq!(
-            t.parse("kiosk/v1/t/sz-ft-0001/desired/app/kiosk-ui").map(|d| matches!(d, Downstream::Desired { .. })),
+            t.parse("kiosk/v1/all/cmd"),
+            Some(Downstream::Command {
+                scope: Scope::Fleet
+            })
+        );
+        assert_eq!(
+            t.parse("kiosk/v1/t/sz-ft-0001/desired/app/kiosk-ui")
+                .map(|d| matches!(d, Downstream::Desired { .. })),
             Some(true)
         );
         assert_eq!(t.parse("kiosk/v1/t/sz-ft-0001/desired/app/../x"), None);

@@ -25,7 +25,11 @@ pub fn mosquitto_bin() -> PathBuf {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Waits until something accepts TCP connections on `port` (the broker is up).
@@ -90,7 +94,10 @@ impl Broker {
     /// Stops gracefully (SIGTERM), so persistent sessions are saved for the restart.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
             let _ = c.wait();
         }
     }
@@ -158,7 +165,11 @@ impl Platform {
                     }
                     Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
                         if tx
-                            .send(Msg { topic: p.topic.clone(), payload: p.payload.to_vec(), retain: p.retain })
+                            .send(Msg {
+                                topic: p.topic.clone(),
+                                payload: p.payload.to_vec(),
+                                retain: p.retain,
+                            })
                             .is_err()
                         {
                             break;
@@ -169,8 +180,14 @@ impl Platform {
                 }
             }
         });
-        ready_rx.recv_timeout(DEADLINE).expect("platform subscription acknowledged");
-        Platform { client, rx, seen: Vec::new() }
+        ready_rx
+            .recv_timeout(DEADLINE)
+            .expect("platform subscription acknowledged");
+        Platform {
+            client,
+            rx,
+            seen: Vec::new(),
+        }
     }
 
     /// Receives until a message matches; everything received is kept in `seen`.
@@ -197,7 +214,8 @@ impl Platform {
 
     /// Waits for a JSON message on a topic ending with `suffix` that satisfies `pred`.
     pub fn wait_json(&mut self, suffix: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        self.wait_for(suffix, |m| m.topic.ends_with(suffix) && pred(&m.json())).json()
+        self.wait_for(suffix, |m| m.topic.ends_with(suffix) && pred(&m.json()))
+            .json()
     }
 
     pub fn event(&mut self, code: &str) -> Value {
@@ -208,7 +226,16 @@ impl Platform {
     pub fn summary(&self) -> Vec<String> {
         self.seen
             .iter()
-            .map(|m| format!("{} {}", m.topic, String::from_utf8_lossy(&m.payload).chars().take(200).collect::<String>()))
+            .map(|m| {
+                format!(
+                    "{} {}",
+                    m.topic,
+                    String::from_utf8_lossy(&m.payload)
+                        .chars()
+                        .take(200)
+                        .collect::<String>()
+                )
+            })
             .collect()
     }
 
@@ -238,7 +265,10 @@ impl Terminal {
         for d in ["state", "root/dev", "apps", "run"] {
             std::fs::create_dir_all(dir.path().join(d)).unwrap();
         }
-        Terminal { dir, id: id.to_string() }
+        Terminal {
+            dir,
+            id: id.to_string(),
+        }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -312,7 +342,10 @@ impl Agent {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        Agent { child: cmd.spawn().expect("start agent"), log }
+        Agent {
+            child: cmd.spawn().expect("start agent"),
+            log,
+        }
     }
 
     pub fn log(&self) -> String {
@@ -329,7 +362,11 @@ impl Agent {
             if let Some(s) = self.child.try_wait().unwrap() {
                 return s;
             }
-            assert!(start.elapsed() < DEADLINE, "agent did not exit; log:\n{}", self.log());
+            assert!(
+                start.elapsed() < DEADLINE,
+                "agent did not exit; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -351,7 +388,11 @@ impl Drop for Agent {
 pub fn wait_socket(path: &Path) {
     let start = Instant::now();
     while std::os::unix::net::UnixStream::connect(path).is_err() {
-        assert!(start.elapsed() < DEADLINE, "socket {} never came up", path.display());
+        assert!(
+            start.elapsed() < DEADLINE,
+            "socket {} never came up",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
