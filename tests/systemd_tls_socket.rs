@@ -5,7 +5,6 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -126,19 +125,18 @@ fn sd_notify_ready_then_watchdog() {
     let notify_path = term.path("notify.sock");
     let sock = UnixDatagram::bind(&notify_path).unwrap();
     sock.set_read_timeout(Some(DEADLINE)).unwrap();
-    let agent = Agent::start_env(
-        &term.config(&broker.url(), ""),
-        &[
-            ("NOTIFY_SOCKET", notify_path.to_str().unwrap()),
-            ("WATCHDOG_USEC", "2000000"),
-        ],
-    );
+    let agent = Agent::start_watchdog(&term.config(&broker.url(), ""), &notify_path, 2_000_000);
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     while !(got.iter().any(|m: &String| m.contains("READY=1"))
         && got.iter().any(|m| m.contains("WATCHDOG=1")))
     {
-        let n = sock.recv(&mut buf).expect("a notify datagram");
+        let n = sock.recv(&mut buf).unwrap_or_else(|e| {
+            panic!(
+                "no notify datagram ({e}); got {got:?}; log:\n{}",
+                agent.log()
+            )
+        });
         got.push(String::from_utf8_lossy(&buf[..n]).to_string());
     }
     let ready = got.iter().position(|m| m.contains("READY=1")).unwrap();
@@ -158,13 +156,17 @@ fn sd_notify_ready_then_watchdog() {
     assert!(rest.iter().any(|m| m.contains("STOPPING=1")), "{rest:?}");
 }
 
-fn kioskctl_as(uid: u32, gid: u32, socket: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(kioskctl_bin())
+/// Runs kioskctl as `uid` with exactly `groups` (the first is the primary group).
+fn kioskctl_as(uid: u32, groups: &[u32], socket: &Path, args: &[&str]) -> (bool, String) {
+    let list: Vec<String> = groups.iter().map(u32::to_string).collect();
+    let out = Command::new("setpriv")
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={}", groups[0]))
+        .arg(format!("--groups={}", list.join(",")))
+        .arg(kioskctl_bin())
         .arg("--socket")
         .arg(socket)
         .args(args)
-        .uid(uid)
-        .gid(gid)
         .output()
         .unwrap();
     (
@@ -208,19 +210,19 @@ fn socket_refuses_strangers_and_limits_readers() {
     assert_eq!(std::os::unix::fs::MetadataExt::gid(&meta), gid("nogroup"));
 
     // A technician (read group) reads but may not switch maintenance on.
-    let (ok, out) = kioskctl_as(65534, gid("nogroup"), &sock, &["status"]);
+    let (ok, out) = kioskctl_as(65534, &[gid("nogroup")], &sock, &["status"]);
     assert!(ok && out.contains("sz-ft-0103"), "{out}");
     let (ok, out) = kioskctl_as(
         65534,
-        gid("nogroup"),
+        &[gid("nogroup")],
         &sock,
         &["maintenance", "on", "--reason", "x"],
     );
     assert!(!ok && out.contains("forbidden"), "{out}");
-    // An admin-group member may.
+    // An admin-group member (also in the read group, to open the socket file) may.
     let (ok, out) = kioskctl_as(
         65534,
-        gid("adm"),
+        &[gid("nogroup"), gid("adm")],
         &sock,
         &["maintenance", "on", "--reason", "x"],
     );
@@ -228,7 +230,7 @@ fn socket_refuses_strangers_and_limits_readers() {
 
     // Even with the file mode opened up, a stranger gets `forbidden` from the agent itself.
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let (ok, out) = kioskctl_as(65534, gid("daemon"), &sock, &["status"]);
+    let (ok, out) = kioskctl_as(65534, &[gid("daemon")], &sock, &["status"]);
     assert!(!ok && out.contains("forbidden"), "{out}");
 }
 

@@ -328,12 +328,34 @@ impl Agent {
     }
 
     pub fn start_env(config: &Path, env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(agent_bin());
+        cmd.arg("--config").arg(config);
+        Self::spawn(cmd, config, env)
+    }
+
+    /// As systemd starts it with a watchdog: `WATCHDOG_PID` must be the agent's own pid, so a
+    /// shell exports its pid and execs the agent.
+    pub fn start_watchdog(config: &Path, notify_socket: &Path, usec: u64) -> Self {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg("export WATCHDOG_PID=$$; exec \"$0\" --config \"$1\"")
+            .arg(agent_bin())
+            .arg(config);
+        let usec = usec.to_string();
+        Self::spawn(
+            cmd,
+            config,
+            &[
+                ("NOTIFY_SOCKET", notify_socket.to_str().unwrap()),
+                ("WATCHDOG_USEC", &usec),
+            ],
+        )
+    }
+
+    fn spawn(mut cmd: Command, config: &Path, env: &[(&str, &str)]) -> Self {
         let log = config.with_extension(format!("log.{}", free_port()));
         let f = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(agent_bin());
-        cmd.arg("--config")
-            .arg(config)
-            .env_remove("NOTIFY_SOCKET")
+        cmd.env_remove("NOTIFY_SOCKET")
             .env_remove("JOURNAL_STREAM")
             .env_remove("WATCHDOG_USEC")
             .env("NO_COLOR", "1")
