@@ -15,7 +15,7 @@ use kiosk_agent::trust::{
     DEFAULT_CLOCK_SKEW_S, DEFAULT_MAX_BYTES, Keyring, Role, TrustError, keyid_of, sign_envelope,
     verify_document, verify_envelope,
 };
-use ring::rand::SystemRandom;
+use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{Ed25519KeyPair, KeyPair};
 
 const PEM_BEGIN: &str = "-----BEGIN PRIVATE KEY-----";
@@ -34,7 +34,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Write a new Ed25519 private key (PKCS#8 PEM, mode 0600) and print its trust entry.
+    /// Write a new Ed25519 private key (PKCS#8 v1 PEM, as openssl writes; mode 0600) and print its trust entry.
     Keygen {
         /// Key file to create; an existing file is never overwritten.
         #[arg(long)]
@@ -88,9 +88,12 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn keygen(out: &Path) -> Result<()> {
-    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+    let mut seed = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut seed)
         .map_err(|_| anyhow!("the system random source failed"))?;
-    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
+    let der = pkcs8_v1(&seed);
+    let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der)
         .map_err(|e| anyhow!("generated key is unusable: {e}"))?;
     let mut file = OpenOptions::new()
         .write(true)
@@ -103,7 +106,7 @@ fn keygen(out: &Path) -> Result<()> {
                 out.display()
             )
         })?;
-    file.write_all(pem_encode(pkcs8.as_ref()).as_bytes())
+    file.write_all(pem_encode(&der).as_bytes())
         .and_then(|()| file.sync_all())
         .with_context(|| format!("cannot write {}", out.display()))?;
     let public = pair.public_key().as_ref();
@@ -114,6 +117,19 @@ fn keygen(out: &Path) -> Result<()> {
     });
     println!("{entry}");
     Ok(())
+}
+
+/// RFC 8410 PKCS#8 v1 (the seed only), the form openssl and most libraries write and read.
+/// ring's own v2 encoding is refused by some of them, and platform tools in any language must
+/// be able to load these keys.
+fn pkcs8_v1(seed: &[u8; 32]) -> Vec<u8> {
+    const PREFIX: [u8; 16] = [
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    let mut der = PREFIX.to_vec();
+    der.extend_from_slice(seed);
+    der
 }
 
 fn sign(key_files: &[PathBuf], role: Role, file: &Path) -> Result<()> {
