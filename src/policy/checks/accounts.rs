@@ -49,7 +49,8 @@ impl Check for Accounts {
             if f.len() < 4 {
                 continue;
             }
-            if self.only_root_uid0 && f[2].trim() == "0" && f[0] != "root" {
+            // "00" is UID 0 too: compare the number, not the text.
+            if self.only_root_uid0 && f[2].trim().parse::<u32>() == Ok(0) && f[0] != "root" {
                 uid0.push(f[0].to_string());
             }
             // A passwd field left empty (no `x`) also means "no password".
@@ -105,7 +106,7 @@ mod tests {
         let fx = Fx::new(&[
             (
                 "/etc/passwd",
-                "root:x:0:0:root:/root:/bin/bash\ntoor:x:0:0::/:/bin/sh\nkiosk:x:1000:1000::/home/kiosk:/bin/bash\ngarbage\n",
+                "root:x:0:0:root:/root:/bin/bash\ntoor:x:00:0::/:/bin/sh\nkiosk:x:1000:1000::/home/kiosk:/bin/bash\ngarbage\n",
             ),
             (
                 "/etc/shadow",
