@@ -1,0 +1,117 @@
+//! Running host commands (`exec` checks, a unit's active state, `sshd -t`) behind a trait.
+//!
+//! Commands act on the real machine whatever `paths.root` says, so tests inject a fake runner
+//! instead of letting a fixture scan ask the build machine's systemd.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What a finished command left behind. `code` is `None` when it was killed by a signal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandOutput {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub trait CommandRunner: Send + Sync + std::fmt::Debug {
+    /// Runs `argv` (no shell) and waits at most `timeout`; a command still running then is
+    /// killed and reported as an error, as is one that cannot be started.
+    fn run(&self, argv: &[String], timeout: Duration) -> Result<CommandOutput, String>;
+}
+
+/// Runs real processes. Output is capped so a chatty command cannot grow the report.
+#[derive(Debug, Default, Clone)]
+pub struct SystemRunner;
+
+const OUTPUT_CAP: u64 = 64 * 1024;
+
+impl CommandRunner for SystemRunner {
+    fn run(&self, argv: &[String], timeout: Duration) -> Result<CommandOutput, String> {
+        let (prog, args) = argv.split_first().ok_or("empty command")?;
+        let mut child = Command::new(prog)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start {prog}: {e}"))?;
+        let reader = |pipe: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                if let Some(p) = pipe {
+                    let _ = p.take(OUTPUT_CAP).read_to_end(&mut buf);
+                }
+                String::from_utf8_lossy(&buf).into_owned()
+            })
+        };
+        let out = reader(
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        let err = reader(
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(s)) => break s,
+                Ok(None) if Instant::now() >= deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!("{prog} timed out after {}s", timeout.as_secs()));
+                }
+                // Polling keeps this dependency-free; a check command runs for milliseconds.
+                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+                Err(e) => return Err(format!("waiting for {prog}: {e}")),
+            }
+        };
+        Ok(CommandOutput {
+            code: status.code(),
+            stdout: out.join().unwrap_or_default(),
+            stderr: err.join().unwrap_or_default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn runs_and_reports_exit_code_and_output() {
+        let r = SystemRunner;
+        let o = r
+            .run(
+                &argv(&["sh", "-c", "echo hi; exit 3"]),
+                Duration::from_secs(5),
+            )
+            .unwrap();
+        assert_eq!(o.code, Some(3));
+        assert_eq!(o.stdout.trim(), "hi");
+    }
+
+    #[test]
+    fn missing_program_and_timeout_are_errors() {
+        let r = SystemRunner;
+        assert!(
+            r.run(&argv(&["/nonexistent/prog"]), Duration::from_secs(1))
+                .is_err()
+        );
+        let e = r
+            .run(&argv(&["sleep", "5"]), Duration::from_millis(50))
+            .unwrap_err();
+        assert!(e.contains("timed out"), "{e}");
+        assert!(r.run(&[], Duration::from_secs(1)).is_err());
+    }
+}
