@@ -602,6 +602,32 @@ mod tests {
     }
 
     #[test]
+    fn cancelled_download_keeps_the_partial() {
+        let d = tempfile::tempdir().unwrap();
+        let data = vec![7u8; 300_000];
+        let src = d.path().join("src.bin");
+        fs::write(&src, &data).unwrap();
+        let part = d.path().join("x.part");
+        let cancel = Arc::new(AtomicBool::new(false));
+        let opts = FetchOptions {
+            cancel: Some(cancel.clone()),
+            ..Default::default()
+        };
+        let err = fetch(
+            &format!("file://{}", src.display()),
+            &sha(&data),
+            data.len() as u64,
+            &part,
+            &opts,
+            &mut |_| cancel.store(true, Ordering::Relaxed),
+        )
+        .unwrap_err();
+        assert!(matches!(err, FetchError::Cancelled), "{err}");
+        let kept = fs::metadata(&part).unwrap().len();
+        assert!(kept > 0 && kept < data.len() as u64);
+    }
+
+    #[test]
     fn sha256_file_matches_digest() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("f");

@@ -202,9 +202,20 @@ impl Installer {
         if let Some(outcome) = self.already_current(doc) {
             return self.finish_outcome(outcome);
         }
-        if let Err(f) = self.prepare(doc, progress) {
+        match self.prepare(doc, progress) {
+            Ok(()) => self.activate(&doc.name, progress),
+            Err(outcome) => *outcome,
+        }
+    }
+
+    /// Everything up to, not including, the switch: after `Ok` the release is complete on
+    /// disk and `activate` may run, typically once the window opens. On failure the outcome
+    /// (already recorded) says why; `current` is untouched, and a network failure keeps the
+    /// partial download and the journal so the next attempt resumes.
+    pub fn prepare(&self, doc: &AppDoc, progress: ProgressFn<'_>) -> Result<(), Box<Outcome>> {
+        self.prepare_inner(doc, progress).map_err(|f| {
             let current = current_release(&self.app_dir(&doc.name));
-            return self.finish_outcome(self.outcome(
+            Box::new(self.finish_outcome(self.outcome(
                 doc,
                 Status::Failed,
                 f.code,
@@ -212,9 +223,8 @@ impl Installer {
                 current.clone(),
                 current,
                 f.retryable,
-            ));
-        }
-        self.activate(&doc.name, progress)
+            )))
+        })
     }
 
     fn already_current(&self, doc: &AppDoc) -> Option<Outcome> {
@@ -233,10 +243,7 @@ impl Installer {
         })
     }
 
-    /// Everything up to, not including, the switch: after `Ok` the release is complete on
-    /// disk and the journal says `Unpacked`. A failure leaves `current` untouched; a network
-    /// failure keeps the partial download and the journal so the next attempt resumes.
-    fn prepare(&self, doc: &AppDoc, progress: ProgressFn<'_>) -> Result<(), Failure> {
+    fn prepare_inner(&self, doc: &AppDoc, progress: ProgressFn<'_>) -> Result<(), Failure> {
         let app_dir = self.app_dir(&doc.name);
         let release_dir = self.release_dir(&doc.name, &doc.release);
         if let Some(j) = self.journal.load(&doc.name).map_err(InstallError::from)? {
