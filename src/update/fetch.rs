@@ -137,7 +137,9 @@ pub fn fetch(
         }
     }
     let resumed_from = have;
-    check_space(partial, size - have)?;
+    if have < size {
+        check_space(partial.parent().unwrap_or(Path::new(".")), size - have)?;
+    }
 
     if have < size {
         let mut sink = Sink {
@@ -207,15 +209,15 @@ fn hash_into(r: &mut dyn Read, ctx: &mut Context) -> io::Result<u64> {
     }
 }
 
-fn check_space(partial: &Path, remaining: u64) -> Result<(), FetchError> {
-    let dir = partial.parent().unwrap_or(Path::new("."));
+/// Fails unless the file system holding `dir` has room for `bytes` plus a safety margin.
+pub(crate) fn check_space(dir: &Path, bytes: u64) -> Result<(), FetchError> {
     let st = nix::sys::statvfs::statvfs(dir).map_err(|source| FetchError::Statvfs {
         path: dir.to_path_buf(),
         source,
     })?;
     #[allow(clippy::unnecessary_cast)] // the field types differ between libcs
     let available = (st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64);
-    let needed = remaining.saturating_add(DISK_MARGIN);
+    let needed = bytes.saturating_add(DISK_MARGIN);
     if available < needed {
         return Err(FetchError::DiskSpace {
             path: dir.to_path_buf(),

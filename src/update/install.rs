@@ -326,6 +326,16 @@ impl Installer {
             0,
             format!("unpacking into releases/{}", doc.release),
         );
+        // The unpacked release is at least as large as the artifact; refuse early rather than
+        // fill the disk the running release lives on.
+        fs::create_dir_all(&app_dir).map_err(|source| InstallError::Read {
+            path: app_dir.clone(),
+            source,
+        })?;
+        if let Err(e) = fetch::check_space(&app_dir, doc.artifact.size) {
+            let _ = self.journal.remove(&doc.name);
+            return Err(e.into());
+        }
         if let Err(e) = unpack::unpack_release(
             &fetched.path,
             doc.artifact.format,

@@ -77,6 +77,31 @@ pub struct Progress {
     pub message: String,
 }
 
+impl Progress {
+    /// The report for an install that is ready but held until its window opens; the daemon
+    /// sends it while it waits, so the platform sees why nothing has happened yet.
+    pub fn waiting_window(doc: &AppDoc, opens_at: jiff::Timestamp) -> Self {
+        let window = doc
+            .window
+            .as_ref()
+            .map(|w| format!("{}-{}", w.start, w.end))
+            .unwrap_or_default();
+        Progress {
+            name: doc.name.clone(),
+            release: doc.release.clone(),
+            version: doc.version,
+            status: Status::WaitingWindow,
+            step: None,
+            percent: 0,
+            message: format!(
+                "release {} waits for the maintenance window {window}; it opens at {}",
+                doc.release,
+                crate::host::rfc3339(opens_at)
+            ),
+        }
+    }
+}
+
 /// The final result of an install, persisted as the app's last outcome.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outcome {

@@ -123,4 +123,22 @@ mod tests {
             at("2026-03-08T07:30:00Z")
         );
     }
+
+    #[test]
+    fn waiting_window_report_says_when() {
+        let v = serde_json::json!({
+            "kind": "app", "version": 3, "target": "all", "issued_at": "2026-03-01T00:00:00Z",
+            "name": "kiosk-ui", "release": "2.4.0",
+            "artifact": {"url": "file:///x", "sha256": "a".repeat(64), "size": 1, "format": "file"},
+            "window": {"start": "02:00", "end": "05:00"}
+        });
+        let doc = crate::update::AppDoc::parse(&serde_json::to_vec(&v).unwrap()).unwrap();
+        let w = doc.window.clone().unwrap();
+        let now = at("2026-03-01T12:00:00Z");
+        let p =
+            crate::update::Progress::waiting_window(&doc, next_opening(&w, now, &TimeZone::UTC));
+        assert_eq!(p.status, crate::update::Status::WaitingWindow);
+        assert!(p.message.contains("02:00-05:00"), "{}", p.message);
+        assert!(p.message.contains("2026-03-02T02:00:00Z"), "{}", p.message);
+    }
 }
