@@ -13,12 +13,17 @@ use tokio_util::task::TaskTracker;
 use crate::api::proto;
 use crate::api::server::{Conn, Groups, Handler, Server, ServerError};
 use crate::config::Config;
+use crate::control::{Control, ControlError, Deps};
 use crate::events::{EventSink, EventsError, Outbox, Severity};
-use crate::host::{SharedClock, rfc3339};
+use crate::host::{HostPaths, SharedClock, rfc3339};
 use crate::maintenance::Maintenance;
+use crate::policy::worker::{PolicyHandle, PolicyWorker};
+use crate::power::{PowerHandle, PowerManager};
 use crate::state::{StateError, StateStore};
 use crate::telemetry::Telemetry;
 use crate::transport::{Identity, Inbound, Publisher, Transport, TransportError};
+use crate::update::worker::UpdateWorker;
+use crate::update::{InstallError, InstallerConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -32,12 +37,18 @@ pub enum AppError {
     Socket(#[from] ServerError),
     #[error("cannot install signal handler: {0}")]
     Signal(std::io::Error),
+    #[error("{0} (provisioning installs the trust root at paths.trust_file)")]
+    Control(#[from] ControlError),
+    #[error("application updates: {0}")]
+    Updates(#[from] InstallError),
 }
 
 /// How long a stop may take before the remaining tasks are abandoned.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
 pub async fn run(cfg: Config, clock: SharedClock) -> Result<(), AppError> {
+    // No trust root, no agent: refuse before announcing anything (provisioning is incomplete).
+    crate::trust::TrustStore::load(&cfg.paths.trust_file).map_err(ControlError::from)?;
     let store = StateStore::open(&cfg.paths.state_dir)?;
     let (outbox, recovery) = Outbox::open(&store.path("events"), cfg.events.queue_max)?;
     let events = EventSink::new(outbox, &cfg.terminal.id, clock.clone(), cfg.events.recent);
@@ -85,21 +96,91 @@ pub async fn run(cfg: Config, clock: SharedClock) -> Result<(), AppError> {
 
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let cfg = Arc::new(cfg);
+    let host = HostPaths::new(&cfg.paths.root);
+
+    let power = PowerManager::spawn(
+        cfg.power.clone(),
+        host.clone(),
+        clock.clone(),
+        events.clone(),
+        cancel.clone(),
+    );
+    power.set_maintenance(maintenance.is_on());
+    tracker.spawn(forward_maintenance(
+        maintenance.clone(),
+        power.clone(),
+        cancel.clone(),
+    ));
+
+    let (policy_worker, policy) = PolicyWorker::new(
+        host.clone(),
+        store.clone(),
+        clock.clone(),
+        Duration::from_secs(cfg.policy.interval_s),
+        {
+            let publisher = publisher.clone();
+            let events = events.clone();
+            move |scan: &crate::policy::worker::Scan| {
+                publisher.compliance(&scan.report.to_json());
+                for t in &scan.transitions {
+                    events.emit(
+                        t.severity(),
+                        t.code(),
+                        t.message(),
+                        t.details(scan.report.version),
+                    );
+                }
+            }
+        },
+    );
+    tracker.spawn(policy_worker.run(cancel.clone()));
+
+    let (update_tx, update_rx) = mpsc::unbounded_channel();
+    let zone_power = power.clone();
+    let (update_worker, updates) = UpdateWorker::new(
+        InstallerConfig::from_config(&cfg),
+        clock.clone(),
+        Arc::new(move || {
+            zone_power
+                .schedule()
+                .and_then(|s| jiff::tz::TimeZone::get(s.timezone()).ok())
+                .unwrap_or_else(jiff::tz::TimeZone::system)
+        }),
+        update_tx,
+    )?;
+    tracker.spawn(update_worker.run(cancel.clone()));
+
+    let mut control = Control::load(Deps {
+        cfg: cfg.clone(),
+        clock: clock.clone(),
+        store: store.clone(),
+        events: events.clone(),
+        publisher: publisher.clone(),
+        maintenance: maintenance.clone(),
+        telemetry: telemetry.clone(),
+        power: power.clone(),
+        policy: policy.clone(),
+        updates,
+    })?;
+    control.restore();
+    tracing::info!(trust_version = control.trust_version(), "trust root loaded");
+
     let ops = Arc::new(LocalOps {
-        terminal_id: cfg.terminal.id.clone(),
-        groups: cfg.terminal.groups.clone(),
-        url: cfg.mqtt.url.clone(),
+        cfg: cfg.clone(),
         started_at,
         clock: clock.clone(),
         events: events.clone(),
         maintenance: maintenance.clone(),
         telemetry: telemetry.clone(),
         publisher: publisher.clone(),
+        power: power.clone(),
+        policy,
     });
     tracker.spawn(transport.run(cancel.clone()));
     tracker.spawn(telemetry.clone().run(publisher.clone(), cancel.clone()));
     tracker.spawn(server.run(ops.clone(), cancel.clone()));
-    tracker.spawn(inbound_loop(inbound_rx, cancel.clone()));
+    tracker.spawn(control.run(inbound_rx, update_rx, cancel.clone()));
     tracker.spawn(watchdog(cancel.clone()));
     tracker.close();
 
@@ -161,13 +242,18 @@ async fn watchdog(cancel: CancellationToken) {
     }
 }
 
-async fn inbound_loop(mut rx: mpsc::Receiver<Inbound>, cancel: CancellationToken) {
+/// Maintenance defers scheduled power-off: keep the planner told.
+async fn forward_maintenance(m: Maintenance, power: PowerHandle, cancel: CancellationToken) {
+    let mut rx = m.watch();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
-            msg = rx.recv() => match msg {
-                Some(m) => tracing::debug!(topic = %m.topic, bytes = m.payload.len(), "downstream message"),
-                None => break,
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let on = rx.borrow_and_update().on;
+                power.set_maintenance(on);
             }
         }
     }
@@ -175,15 +261,15 @@ async fn inbound_loop(mut rx: mpsc::Receiver<Inbound>, cancel: CancellationToken
 
 /// Answers local-socket requests from the agent's parts.
 struct LocalOps {
-    terminal_id: String,
-    groups: Vec<String>,
-    url: String,
+    cfg: Arc<Config>,
     started_at: String,
     clock: SharedClock,
     events: EventSink,
     maintenance: Maintenance,
     telemetry: Arc<Telemetry>,
     publisher: Publisher,
+    power: PowerHandle,
+    policy: PolicyHandle,
 }
 
 impl LocalOps {
@@ -196,11 +282,11 @@ impl LocalOps {
             .collect();
         faults.sort_by_key(|p| std::cmp::Reverse(crate::events::Severity::parse(&p.severity)));
         json!({
-            "terminal_id": self.terminal_id,
-            "groups": self.groups,
+            "terminal_id": self.cfg.terminal.id,
+            "groups": self.cfg.terminal.groups,
             "agent_version": crate::VERSION,
             "started_at": self.started_at,
-            "mqtt": {"url": self.url, "connected": self.publisher.is_connected()},
+            "mqtt": {"url": self.cfg.mqtt.url, "connected": self.publisher.is_connected()},
             "maintenance": self.maintenance.get(),
             "events_pending": self.events.pending(),
             "faults": faults,
@@ -252,6 +338,52 @@ impl Handler for LocalOps {
                     Err(e) => proto::error("state_error", e.to_string()),
                 }
             }
+            "catalog" => match crate::catalog::current(&self.cfg.paths.state_dir) {
+                Some(c) => proto::ok(c),
+                None => proto::error("not_found", "no service-item catalog has been received yet"),
+            },
+            "schedule" => {
+                let mut v = json!(self.power.status());
+                v["windows"] = json!(self.power.windows(7));
+                proto::ok(v)
+            }
+            "compliance" => match self.policy.last() {
+                Some(r) => proto::ok(r.to_json()),
+                None => proto::error(
+                    "not_found",
+                    "no compliance report yet (no security policy in force)",
+                ),
+            },
+            "compliance_scan" => match self.policy.scan().await {
+                Some(scan) => proto::ok(scan.report.to_json()),
+                None => proto::error(
+                    "no_policy",
+                    "no security policy is in force on this terminal",
+                ),
+            },
+            "updates" => {
+                let releases = crate::update::list_releases(&self.cfg.paths.apps_dir)
+                    .map(|r| json!(r))
+                    .unwrap_or_else(|e| json!({"error": e.to_string()}));
+                let outcomes = crate::update::last_outcomes(&self.cfg.paths.state_dir);
+                proto::ok(json!({"apps": releases, "last_outcomes": outcomes}))
+            }
+            "inhibit" => {
+                let who = req.get("who").and_then(Value::as_str).unwrap_or("").trim();
+                let why = req.get("why").and_then(Value::as_str).unwrap_or("").trim();
+                if who.is_empty() || who.len() > 128 || why.len() > 256 {
+                    return proto::error(
+                        "bad_request",
+                        "inhibit needs \"who\" (1-128 chars) and \"why\" (at most 256)",
+                    );
+                }
+                self.power.inhibit(conn.id, who, why);
+                proto::ok(json!({"held": true, "who": who, "why": why}))
+            }
+            "release" => {
+                self.power.release(conn.id);
+                proto::ok(json!({"held": false}))
+            }
             other => proto::error(
                 "unavailable",
                 format!("{other} is not available in this agent version"),
@@ -259,7 +391,9 @@ impl Handler for LocalOps {
         }
     }
 
-    fn closed(&self, _conn: &Conn) {}
+    fn closed(&self, conn: &Conn) {
+        self.power.release(conn.id);
+    }
 
     fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
         self.events.subscribe_local()

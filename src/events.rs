@@ -27,10 +27,19 @@ use crate::state::{StateError, write_atomic};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
+    #[serde(alias = "low")]
     Info,
+    #[serde(alias = "medium")]
     Minor,
+    #[serde(alias = "high")]
     Major,
     Critical,
+}
+
+impl std::fmt::Display for Severity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Severity {

@@ -61,9 +61,9 @@ fn main() -> ExitCode {
     match runtime.block_on(kiosk_agent::app::run(cfg, clock)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let chain = anyhow::Error::from(e);
-            tracing::error!("{chain:#}");
-            eprintln!("kiosk-agent: {chain:#}");
+            // Our error messages already carry their causes.
+            tracing::error!("{e}");
+            eprintln!("kiosk-agent: {e}");
             ExitCode::FAILURE
         }
     }

@@ -1,1 +1,622 @@
-//! (not yet built)
+//! The control layer: the one path from a downstream message to an action and back.
+//!
+//! Owns what the platform has asked for: the trust root in force (through `trust::TrustStore`),
+//! the accepted version per kind and target (anti-rollback), the accepted document per kind and
+//! scope (terminal > groups in config order > fleet), the last `reported/{kind}`, and the command
+//! ids already executed (at-most-once). Every refusal changes nothing, raises a rate-limited
+//! `security.rejected` event with the reason and, where the document can be attributed, a
+//! `reported/{kind}` with `status: rejected`. It never parses bytes before their signature holds
+//! and never touches the MQTT client: it publishes through `transport::Publisher`.
+
+mod commands;
+mod limiter;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::events::{EventSink, Severity};
+use crate::host::{SharedClock, rfc3339};
+use crate::maintenance::Maintenance;
+use crate::policy::worker::PolicyHandle;
+use crate::power::PowerHandle;
+use crate::power::schedule::Schedule;
+use crate::state::StateStore;
+use crate::telemetry::Telemetry;
+use crate::transport::{Downstream, Inbound, Publisher, Scope, Topics};
+use crate::trust::{Role, TrustError, TrustStore, Verified, verify_document, verify_envelope};
+use crate::update::worker::{Report as UpdateReport, UpdateHandle};
+use crate::update::{AppDoc, Status as UpdateStatus};
+use limiter::RateLimiter;
+
+/// Everything the control layer acts through.
+#[derive(Clone)]
+pub struct Deps {
+    pub cfg: Arc<Config>,
+    pub clock: SharedClock,
+    pub store: StateStore,
+    pub events: EventSink,
+    pub publisher: Publisher,
+    pub maintenance: Maintenance,
+    pub telemetry: Arc<Telemetry>,
+    pub power: PowerHandle,
+    pub policy: PolicyHandle,
+    pub updates: UpdateHandle,
+}
+
+/// A document accepted on one scope.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct Stored {
+    version: u64,
+    target: String,
+    #[serde(with = "b64")]
+    payload: Vec<u8>,
+}
+
+mod b64 {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+const VERSIONS: &str = "control/versions.json";
+const DOCS: &str = "control/documents.json";
+const REPORTS: &str = "control/reported.json";
+const SEEN: &str = "control/commands-seen.json";
+
+pub struct Control {
+    d: Deps,
+    topics: Topics,
+    trust: TrustStore,
+    /// `{kind}|{target}` → highest version accepted.
+    versions: BTreeMap<String, u64>,
+    /// kind → target → document accepted on that scope.
+    docs: BTreeMap<String, BTreeMap<String, Stored>>,
+    /// kind → last `reported/{kind}`.
+    reports: BTreeMap<String, Value>,
+    /// command id → Unix time it expires (kept until then).
+    seen: BTreeMap<String, i64>,
+    /// kind → (target, version) in force.
+    applied: HashMap<String, (String, u64)>,
+    limiter: RateLimiter,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+}
+
+fn role_of(kind: &str) -> Option<Role> {
+    if kind.starts_with("app/") {
+        return Some(Role::App);
+    }
+    kind.parse().ok()
+}
+
+impl Control {
+    /// Loads the trust root (required: no trust, no control) and the persisted control state.
+    pub fn load(d: Deps) -> Result<Self, ControlError> {
+        let trust = TrustStore::load(&d.cfg.paths.trust_file)?;
+        let load = |rel: &str| -> Option<Value> {
+            match d.store.load::<Value>(rel) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::error!(error = %e, "control record unreadable; starting it empty");
+                    None
+                }
+            }
+        };
+        let take = |v: Option<Value>| v.unwrap_or(Value::Null);
+        let topics = Topics::new(
+            &d.cfg.mqtt.topic_prefix,
+            &d.cfg.terminal.id,
+            &d.cfg.terminal.groups,
+        );
+        let limiter = RateLimiter::new(d.cfg.security.rejected_events_per_min);
+        let mut c = Self {
+            versions: serde_json::from_value(take(load(VERSIONS))).unwrap_or_default(),
+            docs: serde_json::from_value(take(load(DOCS))).unwrap_or_default(),
+            reports: serde_json::from_value(take(load(REPORTS))).unwrap_or_default(),
+            seen: serde_json::from_value(take(load(SEEN))).unwrap_or_default(),
+            applied: HashMap::new(),
+            limiter,
+            topics,
+            trust,
+            d,
+        };
+        c.prune_seen();
+        Ok(c)
+    }
+
+    pub fn trust_version(&self) -> u64 {
+        self.trust.keyring().version()
+    }
+
+    /// Puts the persisted documents back in force (a kiosk that boots without network keeps
+    /// its schedule and policy). Applications are not re-installed: their own journal decides.
+    pub fn restore(&mut self) {
+        let kinds: Vec<String> = self.docs.keys().cloned().collect();
+        for kind in kinds {
+            if let Some((target, doc)) = self.effective(&kind) {
+                if kind.starts_with("app/") {
+                    self.applied.insert(kind.clone(), (target, doc.version));
+                    continue;
+                }
+                self.apply(&kind, &target, &doc, false);
+            }
+        }
+    }
+
+    pub async fn run(
+        mut self,
+        mut inbound: mpsc::Receiver<Inbound>,
+        mut updates: mpsc::UnboundedReceiver<UpdateReport>,
+        cancel: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                m = inbound.recv() => match m {
+                    Some(m) => self.on_message(m).await,
+                    None => break,
+                },
+                r = updates.recv() => match r {
+                    Some(r) => self.on_update(r),
+                    None => break,
+                },
+            }
+        }
+    }
+
+    async fn on_message(&mut self, msg: Inbound) {
+        match self.topics.parse(&msg.topic) {
+            Some(Downstream::Desired { scope, kind }) => {
+                self.on_desired(&scope, &kind, &msg.payload)
+            }
+            Some(Downstream::Command { scope }) => self.on_command(&scope, &msg.payload).await,
+            None => {
+                let err =
+                    TrustError::InvalidDocument(format!("no such downstream topic: {}", msg.topic));
+                self.security_rejected(&msg.topic, None, &err);
+            }
+        }
+    }
+
+    fn persist(&self) {
+        let results = [
+            self.d.store.save(VERSIONS, &self.versions),
+            self.d.store.save(DOCS, &self.docs),
+            self.d.store.save(REPORTS, &self.reports),
+        ];
+        for r in results {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "cannot persist control state");
+            }
+        }
+    }
+
+    fn on_desired(&mut self, scope: &Scope, kind: &str, payload: &[u8]) {
+        let topic = format!("desired/{kind}");
+        let target = scope.target(&self.d.cfg.terminal.id);
+        let Some(role) = role_of(kind) else {
+            self.security_rejected(
+                &topic,
+                None,
+                &TrustError::InvalidDocument(format!("unknown kind {kind}")),
+            );
+            return;
+        };
+        if payload.is_empty() {
+            // An empty retained message clears this scope; a less specific one may take over.
+            let removed = self
+                .docs
+                .get_mut(kind)
+                .and_then(|m| m.remove(&target))
+                .is_some();
+            if removed {
+                tracing::info!(kind, target, "scope cleared");
+                self.persist();
+                self.reconcile(kind);
+            }
+            return;
+        }
+        let now = self.d.clock.now();
+        let sec = self.d.cfg.security.clone();
+        if role == Role::Trust {
+            match self.trust.rotate(
+                payload,
+                now,
+                sec.clock_skew_s,
+                sec.max_message_bytes,
+                &target,
+            ) {
+                Ok(v) => self.report(
+                    kind,
+                    &target,
+                    v,
+                    "applied",
+                    format!("trust root version {v} in force"),
+                    json!({}),
+                ),
+                Err(TrustError::Rollback { have, got }) if have == got => self.republish(kind),
+                Err(e) => self.reject(kind, &target, None, &e),
+            }
+            return;
+        }
+        let verified = match verify_document(
+            payload,
+            role,
+            &target,
+            self.trust.keyring(),
+            now,
+            sec.clock_skew_s,
+            sec.max_message_bytes,
+        ) {
+            Ok(v) => v,
+            Err(e) => return self.reject(kind, &target, None, &e),
+        };
+        let Some(version) = verified.version() else {
+            return self.reject(
+                kind,
+                &target,
+                None,
+                &TrustError::InvalidDocument("version is required".into()),
+            );
+        };
+        let key = format!("{kind}|{target}");
+        if let Some(&have) = self.versions.get(&key) {
+            if version < have {
+                return self.reject(
+                    kind,
+                    &target,
+                    Some(version),
+                    &TrustError::Rollback { have, got: version },
+                );
+            }
+            if version == have {
+                let in_force = self
+                    .applied
+                    .get(kind)
+                    .is_some_and(|(t, v)| *t == target && *v == version);
+                if in_force {
+                    self.republish(kind);
+                }
+                return;
+            }
+        }
+        if let Err(msg) = self.validate(kind, &verified) {
+            return self.reject(
+                kind,
+                &target,
+                Some(version),
+                &TrustError::InvalidDocument(msg),
+            );
+        }
+        self.versions.insert(key, version);
+        self.docs.entry(kind.to_string()).or_default().insert(
+            target.clone(),
+            Stored {
+                version,
+                target: target.clone(),
+                payload: verified.payload().to_vec(),
+            },
+        );
+        self.persist();
+        self.reconcile(kind);
+    }
+
+    /// Content checks beyond the signature, so a document that cannot be applied is refused
+    /// whole and never becomes the newest version.
+    fn validate(&self, kind: &str, v: &Verified) -> Result<(), String> {
+        match kind {
+            "schedule" => Schedule::parse(v.payload())
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            "policy" => crate::policy::parse(v.payload())
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            "catalog" => crate::catalog::validate(v.payload())
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            k => {
+                let name = k.strip_prefix("app/").unwrap_or(k);
+                let doc = AppDoc::parse(v.payload()).map_err(|e| e.to_string())?;
+                if doc.name != name {
+                    return Err(format!(
+                        "name {:?} does not match the topic's app {name:?}",
+                        doc.name
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The most specific scope holding a document of `kind`.
+    fn effective(&self, kind: &str) -> Option<(String, Stored)> {
+        let docs = self.docs.get(kind)?;
+        self.topics.precedence().iter().find_map(|scope| {
+            let t = scope.target(&self.d.cfg.terminal.id);
+            docs.get(&t).map(|d| (t, d.clone()))
+        })
+    }
+
+    fn reconcile(&mut self, kind: &str) {
+        match self.effective(kind) {
+            Some((target, doc)) => {
+                if self.applied.get(kind) != Some(&(target.clone(), doc.version)) {
+                    self.apply(kind, &target, &doc, true);
+                }
+            }
+            None => {
+                if self.applied.contains_key(kind) {
+                    tracing::info!(
+                        kind,
+                        "no scope holds a document any more; the last one stays in force"
+                    );
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, kind: &str, target: &str, doc: &Stored, fresh: bool) {
+        let version = doc.version;
+        let result: Result<(String, Value, &str), String> = match kind {
+            "catalog" => {
+                let on_disk = std::fs::read(crate::catalog::path(&self.d.cfg.paths.state_dir)).ok();
+                if !fresh && on_disk.as_deref() == Some(&doc.payload[..]) {
+                    crate::catalog::validate(&doc.payload)
+                        .map(|s| ("catalog in force".into(), s, "applied"))
+                } else {
+                    crate::catalog::apply(&self.d.cfg.paths.state_dir, &doc.payload).map(|s| {
+                        self.d.events.notice(
+                            "catalog.updated",
+                            format!("service-item catalog version {version} in force"),
+                            json!({"version": version, "target": target, "summary": s}),
+                        );
+                        (format!("catalog version {version} written"), s, "applied")
+                    })
+                }
+                .map_err(|e| e.to_string())
+            }
+            "schedule" => Schedule::parse(&doc.payload)
+                .map_err(|e| e.to_string())
+                .map(|s| {
+                    let now = self.d.clock.now();
+                    let details = json!({
+                        "next_on": s.next_on(now).map(rfc3339),
+                        "next_off": s.next_off(now).map(rfc3339),
+                        "timezone": s.timezone(),
+                    });
+                    self.d.power.set_schedule(Some(s));
+                    (
+                        format!("schedule version {version} in force"),
+                        details,
+                        "applied",
+                    )
+                }),
+            "policy" => crate::policy::parse(&doc.payload)
+                .map_err(|e| e.to_string())
+                .map(|p| {
+                    let rules = p.rules.len();
+                    self.d.policy.set_policy(p);
+                    (
+                        format!("policy version {version} in force ({rules} rules); evaluating"),
+                        json!({"rules": rules}),
+                        "applied",
+                    )
+                }),
+            _ => AppDoc::parse(&doc.payload)
+                .map_err(|e| e.to_string())
+                .map(|a| {
+                    let msg = format!("release {} queued for installation", a.release);
+                    let details = json!({"release": a.release, "phase": "queued"});
+                    self.d.updates.install(a);
+                    (msg, details, "in_progress")
+                }),
+        };
+        match result {
+            Ok((message, details, status)) => {
+                self.applied
+                    .insert(kind.to_string(), (target.to_string(), version));
+                self.report(kind, target, version, status, message, details);
+            }
+            Err(e) => self.report(kind, target, version, "failed", e, json!({})),
+        }
+    }
+
+    fn on_update(&mut self, r: UpdateReport) {
+        let (p_name, version, status, message, details) = match &r {
+            UpdateReport::Progress(p) => (
+                p.name.clone(),
+                p.version,
+                p.status,
+                p.message.clone(),
+                json!({"release": p.release, "phase": p.step, "percent": p.percent}),
+            ),
+            UpdateReport::Done(o) => (
+                o.name.clone(),
+                o.version,
+                o.status,
+                o.message.clone(),
+                json!({"release": o.release, "code": o.code, "current": o.current, "previous": o.previous}),
+            ),
+        };
+        let kind = format!("app/{p_name}");
+        let target = self
+            .applied
+            .get(&kind)
+            .map(|(t, _)| t.clone())
+            .unwrap_or_else(|| format!("t/{}", self.d.cfg.terminal.id));
+        if let UpdateReport::Done(o) = &r {
+            let sev = match o.status {
+                UpdateStatus::Applied => Severity::Info,
+                _ => Severity::Major,
+            };
+            self.d
+                .events
+                .emit(sev, o.event_code(), o.message.clone(), json!(o));
+        }
+        self.report(&kind, &target, version, status.as_str(), message, details);
+    }
+
+    fn report(
+        &mut self,
+        kind: &str,
+        target: &str,
+        version: u64,
+        status: &str,
+        message: String,
+        details: Value,
+    ) {
+        let v = json!({
+            "kind": kind.split('/').next().unwrap_or(kind),
+            "target": target,
+            "version": version,
+            "status": status,
+            "message": message,
+            "ts": rfc3339(self.d.clock.now()),
+            "details": details,
+        });
+        self.d.publisher.reported(kind, &v);
+        // Progress is not worth a disk write; final states are.
+        if status != "in_progress" {
+            self.reports.insert(kind.to_string(), v);
+            if let Err(e) = self.d.store.save(REPORTS, &self.reports) {
+                tracing::error!(error = %e, "cannot persist reports");
+            }
+        }
+    }
+
+    /// Equal version: nothing is done, the last report is published again.
+    fn republish(&self, kind: &str) {
+        if let Some(v) = self.reports.get(kind) {
+            self.d.publisher.reported(kind, v);
+        }
+    }
+
+    fn reject(&mut self, kind: &str, target: &str, version: Option<u64>, err: &TrustError) {
+        self.security_rejected(&format!("desired/{kind}"), Some(target), err);
+        let in_force = self
+            .applied
+            .get(kind)
+            .map(|(t, v)| json!({"target": t, "version": v}));
+        let v = json!({
+            "kind": kind.split('/').next().unwrap_or(kind),
+            "target": target,
+            "version": version,
+            "status": "rejected",
+            "message": err.to_string(),
+            "ts": rfc3339(self.d.clock.now()),
+            "details": {"reason": err.code(), "in_force": in_force},
+        });
+        self.d.publisher.reported(kind, &v);
+    }
+
+    fn security_rejected(&mut self, topic: &str, target: Option<&str>, err: &TrustError) {
+        tracing::warn!(topic, reason = err.code(), "refused: {err}");
+        if let Some(suppressed) = self.limiter.allow(std::time::Instant::now()) {
+            self.d.events.emit(
+                Severity::Major,
+                "security.rejected",
+                format!("refused {topic}: {err}"),
+                json!({"topic": topic, "target": target, "reason": err.code(), "suppressed": suppressed}),
+            );
+        }
+    }
+
+    fn prune_seen(&mut self) {
+        let now = self.d.clock.now().as_second();
+        let skew = self.d.cfg.security.clock_skew_s as i64;
+        self.seen.retain(|_, exp| *exp + skew >= now);
+    }
+
+    async fn on_command(&mut self, scope: &Scope, payload: &[u8]) {
+        let target = scope.target(&self.d.cfg.terminal.id);
+        let now = self.d.clock.now();
+        let sec = self.d.cfg.security.clone();
+        let verified = verify_document(
+            payload,
+            Role::Command,
+            &target,
+            self.trust.keyring(),
+            now,
+            sec.clock_skew_s,
+            sec.max_message_bytes,
+        );
+        let v = match verified {
+            Ok(v) => v,
+            Err(e) => {
+                self.security_rejected("cmd", Some(&target), &e);
+                // The signature held but the command is refused: say so to the sender.
+                if matches!(e, TrustError::Expired | TrustError::WrongTarget { .. })
+                    && let Ok(p) = verify_envelope(
+                        payload,
+                        Role::Command,
+                        self.trust.keyring(),
+                        sec.max_message_bytes,
+                    )
+                    && let Some(id) = serde_json::from_slice::<Value>(p.payload())
+                        .ok()
+                        .and_then(|v| v["id"].as_str().map(str::to_string))
+                {
+                    self.reply(&id, "rejected", e.code(), &e.to_string(), json!({}));
+                }
+                return;
+            }
+        };
+        let Some(cmd) = v.command().cloned() else {
+            return;
+        };
+        self.prune_seen();
+        if self.seen.contains_key(&cmd.id) {
+            let e = TrustError::Replayed;
+            self.security_rejected("cmd", Some(&target), &e);
+            self.reply(&cmd.id, "rejected", e.code(), &e.to_string(), json!({}));
+            return;
+        }
+        // Recorded before running: a crash mid-command must not run it again on redelivery.
+        let expires = v
+            .expires_at()
+            .map(|t| t.as_second())
+            .unwrap_or(now.as_second());
+        self.seen.insert(cmd.id.clone(), expires);
+        if let Err(e) = self.d.store.save(SEEN, &self.seen) {
+            tracing::error!(error = %e, "cannot persist executed command ids; refusing to run");
+            self.reply(&cmd.id, "error", "state_error", &e.to_string(), json!({}));
+            return;
+        }
+        tracing::info!(id = %cmd.id, name = %cmd.name, "command");
+        let r = commands::execute(&self.d, &cmd.name, &cmd.args).await;
+        self.reply(&cmd.id, r.status, r.code, &r.message, r.result);
+    }
+
+    fn reply(&self, id: &str, status: &str, code: &str, message: &str, result: Value) {
+        self.d.publisher.reply(&json!({
+            "id": id,
+            "terminal_id": self.d.cfg.terminal.id,
+            "status": status,
+            "code": code,
+            "message": message,
+            "result": result,
+            "ts": rfc3339(self.d.clock.now()),
+        }));
+    }
+}

@@ -6,9 +6,8 @@
 //! platform operator can find the typo.
 
 use std::collections::HashSet;
-use std::fmt;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::checks::{self, Check};
 
@@ -26,36 +25,9 @@ pub enum PolicyError {
     Rule { id: String, message: String },
 }
 
-/// Severity of a rule, in the event vocabulary (PROTOCOL §3) so a violation event carries it
-/// unchanged. The baseline's High/Medium/Low are accepted as aliases of major/minor/info.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    Critical,
-    #[serde(alias = "high")]
-    Major,
-    #[serde(alias = "medium")]
-    Minor,
-    #[serde(alias = "low")]
-    Info,
-}
-
-impl Severity {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Critical => "critical",
-            Severity::Major => "major",
-            Severity::Minor => "minor",
-            Severity::Info => "info",
-        }
-    }
-}
-
-impl fmt::Display for Severity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// Severity of a rule is the event vocabulary (PROTOCOL §3), so a violation event carries it
+/// unchanged; the baseline's High/Medium/Low are accepted as aliases of major/minor/info.
+pub use crate::events::Severity;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -15,6 +15,7 @@ pub mod remediate;
 pub mod runner;
 pub mod table;
 pub mod text;
+pub mod worker;
 
 pub use checks::{Check, CheckStatus, Ctx, Outcome};
 pub use doc::{Policy, PolicyError, Rule, Severity, parse};

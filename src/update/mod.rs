@@ -22,6 +22,7 @@ pub mod install;
 pub mod journal;
 pub mod unpack;
 pub mod window;
+pub mod worker;
 
 use serde::{Deserialize, Serialize};
 

@@ -253,10 +253,61 @@ impl Platform {
     }
 }
 
-/// A temp directory laid out like a terminal: state, socket, root, apps, trust.
+/// A real Ed25519 key, generated for the test.
+pub struct Key {
+    pub pair: ring::signature::Ed25519KeyPair,
+    pub keyid: String,
+    pub public_b64: String,
+}
+
+pub fn key() -> Key {
+    use base64::Engine as _;
+    use ring::signature::KeyPair as _;
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+    let public = pair.public_key().as_ref().to_vec();
+    Key {
+        keyid: kiosk_agent::trust::keyid_of(&public),
+        public_b64: base64::engine::general_purpose::STANDARD.encode(&public),
+        pair,
+    }
+}
+
+pub const ALL_ROLES: &[&str] = &["trust", "policy", "schedule", "catalog", "app", "command"];
+pub const DOC_ROLES: &[&str] = &["policy", "schedule", "catalog", "app", "command"];
+
+/// A trust document: each key with its roles, and the thresholds.
+pub fn trust_doc(version: u64, keys: &[(&Key, &[&str])], thresholds: Value) -> Value {
+    serde_json::json!({
+        "kind": "trust",
+        "version": version,
+        "keys": keys.iter().map(|(k, roles)| serde_json::json!({
+            "keyid": k.keyid, "public_key": k.public_b64, "roles": roles,
+        })).collect::<Vec<_>>(),
+        "thresholds": thresholds,
+    })
+}
+
+pub fn thresholds(n: u64) -> Value {
+    serde_json::json!({"trust": 1, "policy": n, "schedule": n, "catalog": n, "app": n, "command": n})
+}
+
+/// The DSSE envelope of `payload` for `role`, signed by `keys`.
+pub fn sign(role: &str, payload: &[u8], keys: &[&Key]) -> Vec<u8> {
+    let role: kiosk_agent::trust::Role = role.parse().unwrap();
+    let pairs: Vec<&ring::signature::Ed25519KeyPair> = keys.iter().map(|k| &k.pair).collect();
+    kiosk_agent::trust::sign_envelope(role, payload, &pairs)
+        .to_json()
+        .into_bytes()
+}
+
+/// A temp directory laid out like a terminal: state, socket, root, apps, and a trust root
+/// with one key (`admin`) holding every role.
 pub struct Terminal {
     pub dir: tempfile::TempDir,
     pub id: String,
+    pub admin: Key,
 }
 
 impl Terminal {
@@ -265,10 +316,21 @@ impl Terminal {
         for d in ["state", "root/dev", "apps", "run"] {
             std::fs::create_dir_all(dir.path().join(d)).unwrap();
         }
-        Terminal {
+        let t = Terminal {
             dir,
             id: id.to_string(),
-        }
+            admin: key(),
+        };
+        t.set_trust(&trust_doc(1, &[(&t.admin, ALL_ROLES)], thresholds(1)));
+        t
+    }
+
+    pub fn set_trust(&self, doc: &Value) {
+        std::fs::write(
+            self.path("trust.json"),
+            serde_json::to_vec_pretty(doc).unwrap(),
+        )
+        .unwrap();
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {

@@ -1,0 +1,191 @@
+//! Remote commands (PROTOCOL §5), run after the control layer has verified the signature,
+//! the target, the expiry and that the id is new.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use super::Deps;
+use crate::events::Severity;
+use crate::host::rfc3339;
+
+pub struct CommandResult {
+    pub status: &'static str,
+    pub code: &'static str,
+    pub message: String,
+    pub result: Value,
+}
+
+fn ok(message: impl Into<String>, result: Value) -> CommandResult {
+    CommandResult {
+        status: "ok",
+        code: "ok",
+        message: message.into(),
+        result,
+    }
+}
+
+fn error(code: &'static str, message: impl Into<String>) -> CommandResult {
+    CommandResult {
+        status: "error",
+        code,
+        message: message.into(),
+        result: json!({}),
+    }
+}
+
+/// Longest delay accepted for reboot/poweroff.
+const MAX_DELAY_S: u64 = 24 * 3600;
+const RESTART_TIMEOUT: Duration = Duration::from_secs(90);
+
+pub async fn execute(d: &Deps, name: &str, args: &Map<String, Value>) -> CommandResult {
+    match name {
+        "ping" => ok(
+            "pong",
+            json!({"pong": true, "agent_version": crate::VERSION}),
+        ),
+        "report_now" => {
+            d.telemetry.report_now.notify_one();
+            ok("health report requested", json!({}))
+        }
+        "inspect" => {
+            let probes = d.telemetry.run_probes().await;
+            ok(
+                format!("{} probe(s) run", probes.len()),
+                json!({"probes": probes}),
+            )
+        }
+        "compliance_scan" => match d.policy.scan().await {
+            Some(scan) => {
+                let r = &scan.report;
+                ok(
+                    format!(
+                        "scan {}: {} passed, {} failed, {} remediated",
+                        r.seq, r.passed, r.failed, r.remediated
+                    ),
+                    json!({"version": r.version, "seq": r.seq, "passed": r.passed, "failed": r.failed, "remediated": r.remediated}),
+                )
+            }
+            None => error(
+                "no_policy",
+                "no security policy is in force on this terminal",
+            ),
+        },
+        "reboot" | "poweroff" => {
+            let delay = match args.get("delay_s") {
+                None => 0,
+                Some(v) => match v.as_u64() {
+                    Some(s) if s <= MAX_DELAY_S => s,
+                    _ => {
+                        return error(
+                            "bad_args",
+                            format!("args.delay_s must be 0..={MAX_DELAY_S} seconds"),
+                        );
+                    }
+                },
+            };
+            let argv = if name == "reboot" {
+                d.cfg.power.reboot_cmd.clone()
+            } else {
+                d.cfg.power.poweroff_cmd.clone()
+            };
+            let at = d.clock.now() + jiff::SignedDuration::from_secs(delay as i64);
+            d.events.emit(
+                Severity::Info,
+                "power.command",
+                format!("{name} requested by the platform, in {delay} s"),
+                json!({"action": name, "delay_s": delay, "at": rfc3339(at)}),
+            );
+            let action = name.to_string();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(delay)).await;
+                match run(&argv, RESTART_TIMEOUT).await {
+                    Ok(_) => tracing::info!(action, "power command ran"),
+                    Err(e) => tracing::error!(action, error = %e, "power command failed"),
+                }
+            });
+            ok(format!("{name} in {delay} s"), json!({"at": rfc3339(at)}))
+        }
+        "restart_unit" => {
+            let Some(unit) = args.get("unit").and_then(Value::as_str) else {
+                return error("bad_args", "args.unit is required");
+            };
+            if !d
+                .cfg
+                .commands
+                .restart_units_allowed
+                .iter()
+                .any(|u| u == unit)
+            {
+                return error(
+                    "unit_not_allowed",
+                    format!("{unit} is not in commands.restart_units_allowed"),
+                );
+            }
+            let mut argv = d.cfg.commands.systemctl.clone();
+            argv.extend(["restart".to_string(), unit.to_string()]);
+            match run(&argv, RESTART_TIMEOUT).await {
+                Ok(()) => ok(format!("{unit} restarted"), json!({"unit": unit})),
+                Err(e) => error("restart_failed", format!("{unit}: {e}")),
+            }
+        }
+        "maintenance" => {
+            let Some(on) = args.get("on").and_then(Value::as_bool) else {
+                return error("bad_args", "args.on (true|false) is required");
+            };
+            let reason = args.get("reason").and_then(Value::as_str).unwrap_or("");
+            match d
+                .maintenance
+                .set(on, reason, "platform", &rfc3339(d.clock.now()))
+            {
+                Ok(state) => {
+                    d.events.emit(
+                        Severity::Info,
+                        "maintenance.changed",
+                        if on {
+                            format!("maintenance mode on: {reason}")
+                        } else {
+                            "maintenance mode off".into()
+                        },
+                        json!(state),
+                    );
+                    ok(
+                        if on {
+                            "maintenance on"
+                        } else {
+                            "maintenance off"
+                        },
+                        json!(state),
+                    )
+                }
+                Err(e) => error("state_error", e.to_string()),
+            }
+        }
+        "set_log_level" => match args.get("level").and_then(Value::as_str) {
+            Some(level) if crate::logging::set_level(level) => {
+                ok(format!("log level {level}"), json!({"level": level}))
+            }
+            _ => error(
+                "bad_args",
+                "args.level must be one of error, warn, info, debug, trace",
+            ),
+        },
+        other => error("unknown_command", format!("unknown command {other:?}")),
+    }
+}
+
+async fn run(argv: &[String], timeout: Duration) -> Result<(), String> {
+    let (prog, rest) = argv.split_first().ok_or("empty command")?;
+    let mut child = tokio::process::Command::new(prog)
+        .args(rest)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run {prog}: {e}"))?;
+    match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(Ok(s)) if s.success() => Ok(()),
+        Ok(Ok(s)) => Err(format!("{prog} exited with {s}")),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("{prog} did not finish within {timeout:?}")),
+    }
+}

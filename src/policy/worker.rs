@@ -1,0 +1,155 @@
+//! The policy worker: holds the policy in force, evaluates it on receipt, every
+//! `policy.interval_s` and on request, one scan at a time (remediation mutates the host), keeps
+//! the compliance `seq` across restarts and hands each report and its transitions to the caller.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::{ComplianceReport, Engine, FsRemediator, Policy, Transition, transitions};
+use crate::host::{HostPaths, SharedClock};
+use crate::state::StateStore;
+
+/// What a finished scan produced: the report and what changed since the previous one.
+#[derive(Debug, Clone)]
+pub struct Scan {
+    pub report: ComplianceReport,
+    pub transitions: Vec<Transition>,
+}
+
+enum Msg {
+    SetPolicy(Box<Policy>),
+    Scan(Option<oneshot::Sender<Option<Scan>>>),
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Persisted {
+    seq: u64,
+    last: Option<ComplianceReport>,
+}
+
+const FILE: &str = "compliance.json";
+
+#[derive(Clone)]
+pub struct PolicyHandle {
+    tx: mpsc::UnboundedSender<Msg>,
+    last: Arc<Mutex<Option<ComplianceReport>>>,
+}
+
+impl PolicyHandle {
+    pub fn set_policy(&self, policy: Policy) {
+        let _ = self.tx.send(Msg::SetPolicy(Box::new(policy)));
+    }
+
+    /// Runs a scan now and waits for it; `None` when no policy is in force.
+    pub async fn scan(&self) -> Option<Scan> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Msg::Scan(Some(tx))).ok()?;
+        rx.await.ok().flatten()
+    }
+
+    pub fn last(&self) -> Option<ComplianceReport> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+pub struct PolicyWorker<F> {
+    rx: mpsc::UnboundedReceiver<Msg>,
+    host: HostPaths,
+    store: StateStore,
+    clock: SharedClock,
+    interval: Duration,
+    policy: Option<Arc<Policy>>,
+    persisted: Persisted,
+    last: Arc<Mutex<Option<ComplianceReport>>>,
+    on_scan: F,
+}
+
+impl<F: FnMut(&Scan) + Send + 'static> PolicyWorker<F> {
+    /// `on_scan` publishes the report and raises events; it runs on the worker's task.
+    pub fn new(
+        host: HostPaths,
+        store: StateStore,
+        clock: SharedClock,
+        interval: Duration,
+        on_scan: F,
+    ) -> (Self, PolicyHandle) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let persisted: Persisted = match store.load(FILE) {
+            Ok(p) => p.unwrap_or_default(),
+            Err(e) => {
+                tracing::error!(error = %e, "compliance record unreadable; seq restarts from the last known value");
+                Persisted::default()
+            }
+        };
+        let last = Arc::new(Mutex::new(persisted.last.clone()));
+        (
+            Self {
+                rx,
+                host,
+                store,
+                clock,
+                interval,
+                policy: None,
+                persisted,
+                last: last.clone(),
+                on_scan,
+            },
+            PolicyHandle { tx, last },
+        )
+    }
+
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            let reply = tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tick.tick() => None,
+                msg = self.rx.recv() => match msg {
+                    None => break,
+                    Some(Msg::SetPolicy(p)) => {
+                        self.policy = Some(Arc::new(*p));
+                        tick.reset();
+                        None
+                    }
+                    Some(Msg::Scan(reply)) => reply,
+                },
+            };
+            let scan = self.scan().await;
+            if let Some(r) = reply {
+                let _ = r.send(scan);
+            }
+        }
+    }
+
+    async fn scan(&mut self) -> Option<Scan> {
+        let policy = self.policy.clone()?;
+        let seq = self.persisted.seq + 1;
+        let host = self.host.clone();
+        let now = self.clock.now();
+        let report = tokio::task::spawn_blocking(move || {
+            let engine = Engine::new(host.clone());
+            let remediator = FsRemediator::new(host);
+            engine.evaluate(&policy, &remediator, true, seq, now)
+        })
+        .await
+        .ok()?;
+        let scan = Scan {
+            transitions: transitions(self.persisted.last.as_ref(), &report),
+            report,
+        };
+        self.persisted.seq = seq;
+        self.persisted.last = Some(scan.report.clone());
+        if let Err(e) = self.store.save(FILE, &self.persisted) {
+            tracing::error!(error = %e, "cannot persist the compliance seq");
+        }
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(scan.report.clone());
+        (self.on_scan)(&scan);
+        Some(scan)
+    }
+}
