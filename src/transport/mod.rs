@@ -316,7 +316,7 @@ impl Transport {
                             break;
                         }
                         failures += 1;
-                        let delay = self.backoff.next();
+                        let delay = self.backoff.next_delay();
                         let hint = if self.tls {
                             " (TLS: check mqtt.ca_file, cert_file, key_file and the broker's certificate)"
                         } else {
@@ -484,7 +484,7 @@ impl Backoff {
         self.attempt = 0;
     }
 
-    pub fn next(&mut self) -> Duration {
+    pub fn next_delay(&mut self) -> Duration {
         let step = self
             .min
             .saturating_mul(1u32 << self.attempt.min(16))
@@ -509,21 +509,21 @@ mod tests {
     #[test]
     fn backoff_grows_caps_and_jitters() {
         let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
-        let first = b.next();
+        let first = b.next_delay();
         assert!(first >= Duration::from_millis(500) && first <= Duration::from_secs(1));
         let mut last = Duration::ZERO;
         for _ in 0..20 {
-            last = b.next();
+            last = b.next_delay();
         }
         assert!(last >= Duration::from_secs(30) && last <= Duration::from_secs(60));
         let samples: BTreeSet<u128> = (0..20)
             .map(|_| {
                 let mut b = Backoff::new(Duration::from_secs(8), Duration::from_secs(8));
-                b.next().as_millis()
+                b.next_delay().as_millis()
             })
             .collect();
         assert!(samples.len() > 1, "delays are jittered");
         b.reset();
-        assert!(b.next() <= Duration::from_secs(1));
+        assert!(b.next_delay() <= Duration::from_secs(1));
     }
 }
