@@ -288,9 +288,131 @@ fn render(cmd: &Cmd, d: &Value) -> String {
             "maintenance {}\n",
             if d["on"] == json!(true) { "on" } else { "off" }
         ),
-        _ => match d.get("text").and_then(Value::as_str) {
-            Some(t) => t.to_string(),
-            None => serde_json::to_string_pretty(d).unwrap_or_default() + "\n",
-        },
+        Cmd::Catalog => kiosk_agent::catalog::render(d),
+        Cmd::Compliance { .. } => kiosk_agent::policy::render_table(d),
+        Cmd::Schedule => render_schedule(d),
+        Cmd::Updates => render_updates(d),
     }
+}
+
+/// An RFC 3339 instant shown in the schedule's zone, as a technician on site reads a clock.
+fn local(ts: &Value, zone: &str) -> String {
+    let Some(t) = ts.as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok()) else {
+        return "-".into();
+    };
+    match jiff::tz::TimeZone::get(zone) {
+        Ok(tz) => tz.to_datetime(t).strftime("%Y-%m-%d %a %H:%M").to_string(),
+        Err(_) => s(ts),
+    }
+}
+
+fn render_schedule(d: &Value) -> String {
+    let sched = &d["schedule"];
+    if sched.is_null() {
+        return "No power schedule in force: the terminal is never switched off by the agent.\n"
+            .into();
+    }
+    let zone = sched["timezone"].as_str().unwrap_or("UTC");
+    let mut out = format!(
+        "Schedule    version {} ({}), zone {zone}, off action {}, warning {} min\nNow         {}\nNext on     {}\nNext off    {}\nWake alarm  {}\nMaintenance {}\n",
+        s(&sched["version"]),
+        s(&sched["target"]),
+        s(&sched["off_action"]),
+        s(&sched["warn_minutes"]),
+        if d["in_window"] == json!(true) {
+            "open"
+        } else {
+            "closed"
+        },
+        local(&d["next_on"], zone),
+        local(&d["next_off"], zone),
+        local(&d["wake_at"], zone),
+        if d["maintenance"] == json!(true) {
+            "on (power-off deferred)"
+        } else {
+            "off"
+        },
+    );
+    let holds = d["holds"].as_array().cloned().unwrap_or_default();
+    if holds.is_empty() {
+        out.push_str("Holds       none\n");
+    } else {
+        out.push_str("Holds\n");
+        let rows: Vec<Vec<String>> = holds
+            .iter()
+            .map(|h| vec![s(&h["who"]), s(&h["why"]), local(&h["since"], zone)])
+            .collect();
+        out.push_str(&table(&["WHO", "WHY", "SINCE"], &rows));
+    }
+    if let Some(p) = d["pending_off"].as_object() {
+        out.push_str(&format!(
+            "Pending off {} (deferred: {})\n",
+            local(&p["off_at"], zone),
+            s(&p["reasons"])
+        ));
+    }
+    let rows: Vec<Vec<String>> = d["windows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|w| {
+            let hours = match (w["on"].as_str(), w["off"].as_str()) {
+                (Some(on), Some(off)) => format!(
+                    "{on}-{off}{}",
+                    if w["ends_next_day"] == json!(true) {
+                        " (+1 day)"
+                    } else {
+                        ""
+                    }
+                ),
+                _ => "closed".into(),
+            };
+            vec![s(&w["date"]), s(&w["weekday"]), hours, s(&w["source"])]
+        })
+        .collect();
+    out.push_str("Next seven days (local time)\n");
+    out.push_str(&table(&["DATE", "DAY", "HOURS", "FROM"], &rows));
+    out
+}
+
+fn render_updates(d: &Value) -> String {
+    let apps: Vec<Vec<String>> = d["apps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            let releases = a["releases"]
+                .as_array()
+                .map(|r| r.iter().map(s).collect::<Vec<_>>().join(", "))
+                .unwrap_or_default();
+            vec![s(&a["name"]), s(&a["current"]), releases]
+        })
+        .collect();
+    let mut out = String::from("Installed\n");
+    out.push_str(&if apps.is_empty() {
+        "  (no applications installed)\n".to_string()
+    } else {
+        table(&["APP", "IN FORCE", "RELEASES KEPT"], &apps)
+    });
+    let outcomes: Vec<Vec<String>> = d["last_outcomes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|o| {
+            vec![
+                s(&o["ts"]),
+                s(&o["name"]),
+                s(&o["release"]),
+                s(&o["status"]),
+                s(&o["message"]),
+            ]
+        })
+        .collect();
+    out.push_str("Last outcomes\n");
+    out.push_str(&if outcomes.is_empty() {
+        "  (none)\n".to_string()
+    } else {
+        table(&["TIME", "APP", "RELEASE", "STATUS", "MESSAGE"], &outcomes)
+    });
+    out
 }
