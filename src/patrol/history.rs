@@ -62,10 +62,16 @@ impl PatrolStore {
             }
         };
         let files_seq = list(&dir)?.iter().map(|e| e.seq).max().unwrap_or(0);
-        Ok(Self {
+        let store = Self {
             dir,
             last_seq: meta_seq.max(files_seq),
-        })
+        };
+        // Repair a lost or stale meta now, before pruning can delete the names that carry
+        // the seq.
+        if files_seq > meta_seq {
+            store.save_meta()?;
+        }
+        Ok(store)
     }
 
     pub fn dir(&self) -> &Path {
@@ -90,14 +96,22 @@ impl PatrolStore {
         })?;
         write_atomic(&path, &bytes, Some(0o640))?;
         self.last_seq = seq;
-        let meta =
-            serde_json::to_vec(&Meta { last_seq: seq }).map_err(|source| PatrolError::Parse {
-                path: self.dir.join(META),
-                source,
-            })?;
-        write_atomic(&self.dir.join(META), &meta, Some(0o640))?;
+        self.save_meta()?;
         self.prune(now)?;
         Ok(report)
+    }
+
+    fn save_meta(&self) -> Result<(), PatrolError> {
+        let path = self.dir.join(META);
+        let meta = serde_json::to_vec(&Meta {
+            last_seq: self.last_seq,
+        })
+        .map_err(|source| PatrolError::Parse {
+            path: path.clone(),
+            source,
+        })?;
+        write_atomic(&path, &meta, Some(0o640))?;
+        Ok(())
     }
 
     /// Removes reports older than `RETENTION_DAYS` before `now`; returns how many went.
@@ -129,7 +143,7 @@ impl PatrolStore {
             .into_iter()
             .filter(|e| e.ts >= cutoff)
             .collect();
-        entries.sort_by(|a, b| (b.ts, b.seq).cmp(&(a.ts, a.seq)));
+        entries.sort_by_key(|e| std::cmp::Reverse((e.ts, e.seq)));
         let mut out = Vec::with_capacity(entries.len());
         for e in entries {
             match read_report(&e.path) {

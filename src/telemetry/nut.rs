@@ -317,7 +317,6 @@ pub async fn probe_nut(ups: &str, timeout: Duration) -> DeviceReading {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt as _;
 
     #[test]
     fn addresses() {
