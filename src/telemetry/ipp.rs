@@ -563,13 +563,7 @@ impl PrinterStatus {
         if !ok && let Some(msg) = &self.message {
             parts.push(msg.clone());
         }
-        let mut detail = String::new();
-        for p in parts {
-            if !detail.is_empty() {
-                detail.push_str("; ");
-            }
-            detail.push_str(&p);
-        }
+        let detail = parts.join("; ");
         let event_code = (!ok).then(|| {
             if failures.iter().all(|(_, consumable)| *consumable) {
                 "device.consumable"
@@ -696,13 +690,10 @@ impl IppUrl {
 pub async fn probe_ipp(url: &str, timeout: Duration) -> DeviceReading {
     match tokio::time::timeout(timeout, query(url)).await {
         Ok(Ok(status)) => status.reading(),
-        Ok(Err(e)) => DeviceReading::unreachable(Grade::P2, format!("printer unreachable: {e}")),
+        Ok(Err(e)) => DeviceReading::unreachable(Grade::P2, format!("printer: {e}")),
         Err(_) => DeviceReading::unreachable(
             Grade::P2,
-            format!(
-                "printer unreachable: {}",
-                IppError::Timeout(timeout.as_millis())
-            ),
+            format!("printer: {}", IppError::Timeout(timeout.as_millis())),
         ),
     }
 }

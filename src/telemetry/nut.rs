@@ -303,13 +303,10 @@ pub async fn probe_nut(ups: &str, timeout: Duration) -> DeviceReading {
     };
     match tokio::time::timeout(timeout, list_vars(&addr)).await {
         Ok(Ok(vars)) => UpsStatus::from_vars(&vars).reading(),
-        Ok(Err(e)) => DeviceReading::unreachable(Grade::P3, format!("ups unreachable: {e}")),
+        Ok(Err(e)) => DeviceReading::unreachable(Grade::P3, format!("ups: {e}")),
         Err(_) => DeviceReading::unreachable(
             Grade::P3,
-            format!(
-                "ups unreachable: no answer within {} ms",
-                timeout.as_millis()
-            ),
+            format!("ups: no answer within {} ms", timeout.as_millis()),
         ),
     }
 }
