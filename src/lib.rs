@@ -19,6 +19,7 @@ pub mod events;
 pub mod host;
 pub mod logging;
 pub mod maintenance;
+pub mod patrol;
 pub mod policy;
 pub mod power;
 pub mod state;

@@ -6,6 +6,9 @@
 //! mode, when a technician is expected to unplug things) and never publishes by itself: the
 //! caller decides where a report goes.
 
+pub mod grade;
+pub mod ipp;
+pub mod nut;
 pub mod probes;
 
 use std::collections::{HashMap, HashSet};

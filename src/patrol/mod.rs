@@ -1,0 +1,44 @@
+//! The daily patrol (巡检, PROTOCOL §3): one report of every device, the compliance summary and
+//! the power schedule, produced before opening hours so a fault is found before a citizen
+//! finds it.
+//!
+//! Owns the report's shape and `seq`, when the next patrol is due (`next_patrol`, pure), the
+//! 30-day history under `{state_dir}/patrol/` and the technician's checklist in Chinese or
+//! English. It never runs probes, never reads the clock and never publishes: the daemon passes
+//! in probe results, compliance and schedule figures and the current instant, and decides where
+//! the report goes (retained on `patrol`, the local socket, a work order).
+
+mod history;
+mod render;
+mod report;
+mod schedule;
+
+pub use history::{PatrolStore, RETENTION_DAYS};
+pub use render::{Lang, render_checklist, render_checklist_in};
+pub use report::{
+    AgentSummary, Compliance, PatrolInputs, PatrolItem, PatrolReport, PatrolSummary,
+    ScheduleSummary, build,
+};
+pub use schedule::{DEFAULT_AT, LEAD_BEFORE_ON_MINUTES, next_patrol};
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PatrolError {
+    #[error("patrol time {0:?} is not HH:MM")]
+    BadTime(String),
+    #[error("patrol time cannot be placed in the time zone: {0}")]
+    Zone(#[from] jiff::Error),
+    #[error("patrol history {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("patrol report {path} is not valid: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+}
