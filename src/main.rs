@@ -24,8 +24,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Validate the configuration and exit non-zero naming the key at fault.
-    CheckConfig,
+    /// Validate the configuration and the trust root it names; exit non-zero naming the key
+    /// at fault.
+    CheckConfig {
+        /// Check the configuration file only, not the trust root (before provisioning).
+        #[arg(long)]
+        config_only: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -37,7 +42,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(Cmd::CheckConfig) = cli.cmd {
+    if let Some(Cmd::CheckConfig { config_only }) = cli.cmd {
+        if !config_only && let Err(e) = kiosk_agent::trust::TrustStore::load(&cfg.paths.trust_file)
+        {
+            eprintln!(
+                "kiosk-agent: paths.trust_file: {e} (the terminal is not provisioned yet: install the platform's trust root, see scripts/provision)"
+            );
+            return ExitCode::from(2);
+        }
         println!(
             "{}: ok (terminal {}, {} probe(s))",
             cli.config.display(),

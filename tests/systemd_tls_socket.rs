@@ -285,6 +285,15 @@ fn check_config_names_the_key_at_fault() {
         assert!(!out.status.success(), "accepted: {text}");
         assert!(err.contains(want), "wanted {want:?} in {err}");
     }
+    // A missing trust root is named too (the terminal is not provisioned).
+    std::fs::remove_file(term.path("trust.json")).unwrap();
+    let out = Command::new(agent_bin())
+        .args(["check-config", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("paths.trust_file"));
     let out = Command::new(agent_bin())
         .args(["check-config", "--config", "/nonexistent.toml"])
         .output()
@@ -297,7 +306,7 @@ fn check_config_names_the_key_at_fault() {
 fn shipped_example_config_is_valid() {
     let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/agent.example.toml");
     let out = Command::new(agent_bin())
-        .args(["check-config", "--config"])
+        .args(["check-config", "--config-only", "--config"])
         .arg(&cfg)
         .output()
         .unwrap();
