@@ -74,6 +74,10 @@ pub struct Event {
     pub message: String,
     #[serde(default)]
     pub details: Value,
+    /// Fault grade P1 (worst) … P4: a device's own grade when the event is about one,
+    /// else the grade of the severity (critical P1, major P2, minor P3, info P4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -407,7 +411,17 @@ impl EventSink {
         details: Value,
     ) -> Event {
         let seq = outbox.next_seq();
+        let level = details
+            .get("level")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| {
+                crate::telemetry::Grade::from_severity(severity)
+                    .as_str()
+                    .to_string()
+            });
         Event {
+            level: Some(level),
             id: format!("{}-{}", self.terminal_id, seq),
             terminal_id: self.terminal_id.to_string(),
             seq,

@@ -7,6 +7,7 @@ pub const READ_OPS: &[&str] = &[
     "status",
     "health",
     "inspect",
+    "inspect_publish",
     "compliance",
     "schedule",
     "updates",
@@ -18,7 +19,7 @@ pub const READ_OPS: &[&str] = &[
     "release",
 ];
 /// Ops only root or `local.admin_group` may use.
-pub const ADMIN_OPS: &[&str] = &["maintenance", "compliance_scan", "inspect_publish"];
+pub const ADMIN_OPS: &[&str] = &["maintenance", "compliance_scan"];
 
 /// Who is on the other end of a connection, from `SO_PEERCRED`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use kiosk_agent::api::client::Client;
+use kiosk_agent::patrol::{Lang, PatrolReport, render_checklist_in};
 use serde_json::{Value, json};
 
 #[derive(Parser)]
@@ -37,8 +38,22 @@ enum Cmd {
     Status,
     /// The last health report.
     Health,
-    /// Run every probe now.
-    Inspect,
+    /// Run every probe now and print the patrol checklist (巡检).
+    Inspect {
+        /// Also record the report and publish it to the platform.
+        #[arg(long)]
+        publish: bool,
+        /// Checklist language (default: zh when the locale is zh_CN, else en).
+        #[arg(long, value_parser = ["zh", "en"])]
+        lang: Option<String>,
+    },
+    /// Patrol reports of the last 30 days.
+    Patrol {
+        #[arg(long)]
+        history: bool,
+        #[arg(long, default_value_t = 30)]
+        days: u64,
+    },
     /// Recent events; --follow keeps printing new ones.
     Events {
         #[arg(long, short)]
@@ -81,7 +96,10 @@ fn request(cmd: &Cmd) -> Value {
     match cmd {
         Cmd::Status => json!({"op": "status"}),
         Cmd::Health => json!({"op": "health"}),
-        Cmd::Inspect => json!({"op": "inspect"}),
+        Cmd::Inspect { publish, .. } => {
+            json!({"op": if *publish { "inspect_publish" } else { "inspect" }})
+        }
+        Cmd::Patrol { days, .. } => json!({"op": "patrol", "days": days}),
         Cmd::Events { limit, .. } => json!({"op": "events", "limit": limit}),
         Cmd::Maintenance { state, reason } => {
             json!({"op": "maintenance", "on": state == "on", "reason": reason})
@@ -184,9 +202,9 @@ fn probe_rows(probes: &Value) -> String {
                 } else {
                     "FAIL".into()
                 },
+                s(&p["level"]),
                 s(&p["id"]),
                 s(&p["kind"]),
-                s(&p["severity"]),
                 s(&p["detail"]),
             ]
         })
@@ -194,7 +212,7 @@ fn probe_rows(probes: &Value) -> String {
     if rows.is_empty() {
         return "  (no probes configured)\n".into();
     }
-    table(&["STATE", "PROBE", "KIND", "SEVERITY", "DETAIL"], &rows)
+    table(&["STATE", "GRADE", "PROBE", "KIND", "DETAIL"], &rows)
 }
 
 fn event_rows(events: &[Value]) -> String {
@@ -282,7 +300,40 @@ fn render(cmd: &Cmd, d: &Value) -> String {
             out.push_str(&probe_rows(&d["probes"]));
             out
         }
-        Cmd::Inspect => probe_rows(&d["probes"]),
+        Cmd::Inspect { lang, .. } => {
+            match serde_json::from_value::<PatrolReport>(d["report"].clone()) {
+                Ok(report) => {
+                    let lang = match lang.as_deref() {
+                        Some("zh") => Lang::Zh,
+                        Some("en") => Lang::En,
+                        _ => Lang::from_env(),
+                    };
+                    render_checklist_in(&report, lang, &jiff::tz::TimeZone::system())
+                }
+                Err(_) => probe_rows(&d["probes"]),
+            }
+        }
+        Cmd::Patrol { .. } => {
+            let rows: Vec<Vec<String>> = d["history"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|h| {
+                    vec![
+                        s(&h["ts"]),
+                        s(&h["seq"]),
+                        s(&h["items"]),
+                        s(&h["failing"]),
+                        s(&h["worst"]),
+                        s(&h["compliance_failed"]),
+                    ]
+                })
+                .collect();
+            table(
+                &["TIME", "SEQ", "ITEMS", "FAILING", "WORST", "POLICY FAILED"],
+                &rows,
+            )
+        }
         Cmd::Events { .. } => event_rows(d["events"].as_array().map(Vec::as_slice).unwrap_or(&[])),
         Cmd::Maintenance { .. } => format!(
             "maintenance {}\n",

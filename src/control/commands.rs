@@ -48,13 +48,14 @@ pub async fn execute(d: &Deps, name: &str, args: &Map<String, Value>) -> Command
             d.telemetry.report_now.notify_one();
             ok("health report requested", json!({}))
         }
-        "inspect" => {
-            let probes = d.telemetry.run_probes().await;
-            ok(
-                format!("{} probe(s) run", probes.len()),
-                json!({"probes": probes}),
-            )
-        }
+        "inspect" => match d.patrol.run(true).await {
+            // The patrol report is published retained on `patrol` as well.
+            Some(report) => ok(
+                format!("patrol {} with {} item(s)", report.seq, report.items.len()),
+                json!({"probes": d.telemetry.last_probes(), "patrol_seq": report.seq}),
+            ),
+            None => error("patrol_failed", "the patrol report could not be made"),
+        },
         "compliance_scan" => match d.policy.scan().await {
             Some(scan) => {
                 let r = &scan.report;

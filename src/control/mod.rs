@@ -47,6 +47,7 @@ pub struct Deps {
     pub power: PowerHandle,
     pub policy: PolicyHandle,
     pub updates: UpdateHandle,
+    pub patrol: crate::patrol::PatrolHandle,
 }
 
 /// A document accepted on one scope.

@@ -42,3 +42,26 @@ pub enum PatrolError {
     #[error(transparent)]
     State(#[from] crate::state::StateError),
 }
+
+/// Asks the daemon's patrol runner for a report now (`inspect`, `kioskctl inspect`); with
+/// `publish` the report is recorded in the history and published on `patrol`.
+#[derive(Clone, Debug)]
+pub struct PatrolHandle {
+    tx: tokio::sync::mpsc::UnboundedSender<PatrolRequest>,
+}
+
+/// One request to the runner: publish or not, and where to send the report.
+pub type PatrolRequest = (bool, tokio::sync::oneshot::Sender<Option<PatrolReport>>);
+
+impl PatrolHandle {
+    pub fn channel() -> (Self, tokio::sync::mpsc::UnboundedReceiver<PatrolRequest>) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (Self { tx }, rx)
+    }
+
+    pub async fn run(&self, publish: bool) -> Option<PatrolReport> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.tx.send((publish, tx)).ok()?;
+        rx.await.ok().flatten()
+    }
+}

@@ -27,6 +27,7 @@ use crate::events::{EventSink, Severity};
 use crate::host::{HostPaths, SharedClock, rfc3339};
 use crate::maintenance::Maintenance;
 use crate::transport::Publisher;
+pub use grade::Grade;
 pub use probes::{Probe, ProbeEnv, ProbeResult};
 
 /// Reads system figures through sysinfo; kept behind this type so nothing else depends on it.
@@ -146,13 +147,18 @@ pub struct Telemetry {
     seq: AtomicU64,
     last: Mutex<Option<Value>>,
     last_probes: Mutex<Vec<ProbeResult>>,
-    probe_ok: Mutex<HashMap<String, bool>>,
+    /// probe id → (ok, graded) at the last run.
+    probe_ok: Mutex<HashMap<String, (bool, bool)>>,
+    /// probe id → when its current fault was first seen (for escalation).
+    failing_since: Mutex<HashMap<String, jiff::Timestamp>>,
     disk_low: Mutex<HashSet<String>>,
     events: EventSink,
     maintenance: Maintenance,
     clock: SharedClock,
     /// Ask for a report outside the interval (`report_now`).
     pub report_now: Notify,
+    /// Signalled when a UPS reports low battery (the daemon decides whether to power off).
+    pub low_battery: Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -188,6 +194,8 @@ impl Telemetry {
             last: Mutex::new(None),
             last_probes: Mutex::new(Vec::new()),
             probe_ok: Mutex::new(HashMap::new()),
+            failing_since: Mutex::new(HashMap::new()),
+            low_battery: Notify::new(),
             disk_low: Mutex::new(HashSet::new()),
             events,
             maintenance,
@@ -221,37 +229,87 @@ impl Telemetry {
                     ok: false,
                     detail: "probe task failed".into(),
                     severity: p.cfg.severity.clone(),
+                    level: None,
+                    details: Value::Null,
+                    reading_level: None,
+                    event_code: None,
+                    power_off_recommended: false,
                 })
             })
             .collect();
+        let mut results = results;
+        self.grade(&mut results);
         self.record_transitions(&results);
+        if results.iter().any(|r| r.power_off_recommended) {
+            self.low_battery.notify_one();
+        }
         *lock(&self.last_probes) = results.clone();
         results
+    }
+
+    /// Fault grades (P1–P4, `grade::grade`): the device's own reading or the configured
+    /// severity, escalated when a fault stays open past its restore target.
+    fn grade(&self, results: &mut [ProbeResult]) {
+        let now = self.clock.now();
+        let mut since = lock(&self.failing_since);
+        for r in results.iter_mut() {
+            let faulty = !r.ok || r.reading_level.is_some();
+            let started = if faulty {
+                Some(*since.entry(r.id.clone()).or_insert(now))
+            } else {
+                since.remove(&r.id);
+                None
+            };
+            let severity = Severity::parse(&r.severity).unwrap_or(Severity::Major);
+            r.level = grade::grade(&r.kind, severity, r.ok, r.reading_level, started, now);
+        }
     }
 
     fn record_transitions(&self, results: &[ProbeResult]) {
         let muted = self.maintenance.is_on();
         let mut state = lock(&self.probe_ok);
         for r in results {
-            let before = state.insert(r.id.clone(), r.ok);
+            let graded = r.level.is_some();
+            let before = state.insert(r.id.clone(), (r.ok, graded));
             // A probe failing at start counts as a change: the platform must hear of it.
-            let changed = before.map_or(!r.ok, |b| b != r.ok);
-            if !changed || muted {
+            let changed = before.map_or(!r.ok, |(b, _)| b != r.ok);
+            // Ok but graded (paper or toner low, UPS on battery): worth planning a visit for.
+            let newly_low = r.ok && graded && before.is_none_or(|(b, g)| !b || !g);
+            if muted {
                 continue;
             }
-            if r.ok {
+            let details = json!({"probe": r.id, "kind": r.kind, "detail": r.detail,
+                "level": r.level, "device": r.details});
+            let severity = r
+                .level
+                .map(Grade::severity)
+                .unwrap_or_else(|| Severity::parse(&r.severity).unwrap_or(Severity::Major));
+            if changed && r.ok {
                 self.events.emit(
                     Severity::Info,
                     "probe.recovered",
                     format!("{} ({}) recovered: {}", r.id, r.kind, r.detail),
-                    json!({"probe": r.id, "kind": r.kind, "detail": r.detail}),
+                    details.clone(),
                 );
-            } else {
+            } else if changed {
                 self.events.emit(
-                    Severity::parse(&r.severity).unwrap_or(Severity::Major),
-                    "probe.failed",
+                    severity,
+                    r.event_code.unwrap_or("probe.failed"),
                     format!("{} ({}) failed: {}", r.id, r.kind, r.detail),
-                    json!({"probe": r.id, "kind": r.kind, "detail": r.detail}),
+                    details.clone(),
+                );
+            }
+            if newly_low {
+                let code = if r.kind == "nut" {
+                    "ups.on_battery"
+                } else {
+                    "device.consumable"
+                };
+                self.events.emit(
+                    severity,
+                    code,
+                    format!("{} ({}) needs attention: {}", r.id, r.kind, r.detail),
+                    details,
                 );
             }
         }

@@ -6,9 +6,11 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde::Serialize;
+use serde_json::Value;
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
+use super::grade::{DeviceReading, Grade};
 use crate::config::{ProbeConfig, parse_vid_pid};
 use crate::host::HostPaths;
 
@@ -19,6 +21,33 @@ pub struct ProbeResult {
     pub ok: bool,
     pub detail: String,
     pub severity: String,
+    /// Fault grade (P1 worst … P4); absent when there is nothing to fix.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub level: Option<Grade>,
+    /// Device figures (printer markers, UPS charge) for the platform.
+    #[serde(skip_serializing_if = "Value::is_null")]
+    pub details: Value,
+    /// What the device itself implies (before escalation by duration).
+    #[serde(skip)]
+    pub reading_level: Option<Grade>,
+    /// The event code for a transition to failing (`device.consumable` or `probe.failed`).
+    #[serde(skip)]
+    pub event_code: Option<&'static str>,
+    /// The UPS is on low battery: a clean power-off is due.
+    #[serde(skip)]
+    pub power_off_recommended: bool,
+}
+
+fn plain(ok: bool, detail: String) -> DeviceReading {
+    DeviceReading {
+        ok,
+        level: None,
+        detail,
+        details: Value::Null,
+        consumables: Vec::new(),
+        event_code: None,
+        power_off_recommended: false,
+    }
 }
 
 /// A probe ready to run: the config plus what it needs from the host.
@@ -36,9 +65,9 @@ pub struct ProbeEnv {
 
 impl Probe {
     pub async fn run(&self, env: &ProbeEnv) -> ProbeResult {
-        let (ok, detail) = match tokio::time::timeout(self.timeout, self.check(env)).await {
+        let reading = match tokio::time::timeout(self.timeout, self.read(env)).await {
             Ok(r) => r,
-            Err(_) => (
+            Err(_) => plain(
                 false,
                 format!("timed out after {} ms", self.timeout.as_millis()),
             ),
@@ -46,9 +75,26 @@ impl Probe {
         ProbeResult {
             id: self.cfg.id.clone(),
             kind: self.cfg.kind.clone(),
-            ok,
-            detail,
+            ok: reading.ok,
+            detail: reading.detail,
             severity: self.cfg.severity.clone(),
+            level: None,
+            details: reading.details,
+            reading_level: reading.level,
+            event_code: reading.event_code,
+            power_off_recommended: reading.power_off_recommended,
+        }
+    }
+
+    async fn read(&self, env: &ProbeEnv) -> DeviceReading {
+        let c = &self.cfg;
+        match c.kind.as_str() {
+            "ipp" => super::ipp::probe_ipp(c.url.as_deref().unwrap_or(""), self.timeout).await,
+            "nut" => super::nut::probe_nut(c.ups.as_deref().unwrap_or(""), self.timeout).await,
+            _ => {
+                let (ok, detail) = self.check(env).await;
+                plain(ok, detail)
+            }
         }
     }
 

@@ -2,8 +2,10 @@
 //! cancellation token, talks to systemd (READY, WATCHDOG, STOPPING, STATUS) and stops cleanly
 //! on SIGTERM. No decision is made here.
 
+mod patrol;
+
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
@@ -41,6 +43,8 @@ pub enum AppError {
     Control(#[from] ControlError),
     #[error("application updates: {0}")]
     Updates(#[from] InstallError),
+    #[error("patrol history: {0}")]
+    Patrol(#[from] crate::patrol::PatrolError),
 }
 
 /// How long a stop may take before the remaining tasks are abandoned.
@@ -151,6 +155,26 @@ pub async fn run(cfg: Config, clock: SharedClock) -> Result<(), AppError> {
     )?;
     tracker.spawn(update_worker.run(cancel.clone()));
 
+    let (patrol, patrol_rx) = crate::patrol::PatrolHandle::channel();
+    let runner = patrol::PatrolRunner {
+        store: crate::patrol::PatrolStore::open(store.path("patrol"))?,
+        telemetry: telemetry.clone(),
+        policy: policy.clone(),
+        power: power.clone(),
+        publisher: publisher.clone(),
+        clock: clock.clone(),
+        started: Instant::now(),
+        at: cfg.patrol.at.clone(),
+        rx: patrol_rx,
+    };
+    tracker.spawn(runner.run(cancel.clone()));
+    tracker.spawn(low_battery(
+        telemetry.clone(),
+        events.clone(),
+        cfg.power.clone(),
+        cancel.clone(),
+    ));
+
     let mut control = Control::load(Deps {
         cfg: cfg.clone(),
         clock: clock.clone(),
@@ -162,6 +186,7 @@ pub async fn run(cfg: Config, clock: SharedClock) -> Result<(), AppError> {
         power: power.clone(),
         policy: policy.clone(),
         updates,
+        patrol: patrol.clone(),
     })?;
     control.restore();
     tracing::info!(trust_version = control.trust_version(), "trust root loaded");
@@ -176,6 +201,7 @@ pub async fn run(cfg: Config, clock: SharedClock) -> Result<(), AppError> {
         publisher: publisher.clone(),
         power: power.clone(),
         policy,
+        patrol,
     });
     tracker.spawn(transport.run(cancel.clone()));
     tracker.spawn(telemetry.clone().run(publisher.clone(), cancel.clone()));
@@ -242,6 +268,41 @@ async fn watchdog(cancel: CancellationToken) {
     }
 }
 
+/// A UPS on low battery: with `power.on_low_battery` the terminal is switched off cleanly, once,
+/// with the reason recorded, rather than dying mid-transaction when the battery runs out.
+async fn low_battery(
+    telemetry: Arc<Telemetry>,
+    events: EventSink,
+    power: crate::config::Power,
+    cancel: CancellationToken,
+) {
+    tokio::select! {
+        _ = cancel.cancelled() => return,
+        _ = telemetry.low_battery.notified() => {}
+    }
+    if !power.on_low_battery {
+        tracing::warn!(
+            "UPS reports low battery; power.on_low_battery is off, so the terminal stays on"
+        );
+        return;
+    }
+    events.emit(
+        Severity::Critical,
+        "power.low_battery",
+        "UPS battery low: powering the terminal off cleanly",
+        json!({"reason": "ups_low_battery", "cmd": power.poweroff_cmd}),
+    );
+    let (prog, args) = match power.poweroff_cmd.split_first() {
+        Some(p) => p,
+        None => return,
+    };
+    match tokio::process::Command::new(prog).args(args).status().await {
+        Ok(s) if s.success() => tracing::info!("low-battery power-off started"),
+        Ok(s) => tracing::error!(status = %s, "low-battery power-off command failed"),
+        Err(e) => tracing::error!(error = %e, "cannot run the low-battery power-off command"),
+    }
+}
+
 /// Maintenance defers scheduled power-off: keep the planner told.
 async fn forward_maintenance(m: Maintenance, power: PowerHandle, cancel: CancellationToken) {
     let mut rx = m.watch();
@@ -270,6 +331,7 @@ struct LocalOps {
     publisher: Publisher,
     power: PowerHandle,
     policy: PolicyHandle,
+    patrol: crate::patrol::PatrolHandle,
 }
 
 impl LocalOps {
@@ -278,9 +340,10 @@ impl LocalOps {
             .telemetry
             .last_probes()
             .into_iter()
-            .filter(|p| !p.ok)
+            .filter(|p| !p.ok || p.level.is_some())
             .collect();
-        faults.sort_by_key(|p| std::cmp::Reverse(crate::events::Severity::parse(&p.severity)));
+        // Worst open fault first: P1 before P4, then failing before merely degraded.
+        faults.sort_by_key(|p| (p.level.unwrap_or(crate::telemetry::Grade::P4), p.ok));
         json!({
             "terminal_id": self.cfg.terminal.id,
             "groups": self.cfg.terminal.groups,
@@ -302,7 +365,29 @@ impl Handler for LocalOps {
                 Some(h) => proto::ok(h),
                 None => proto::ok(self.telemetry.report().await),
             },
-            "inspect" => proto::ok(json!({"probes": self.telemetry.run_probes().await})),
+            "inspect" | "inspect_publish" => match self.patrol.run(op == "inspect_publish").await {
+                Some(report) => {
+                    let probes = self.telemetry.last_probes();
+                    proto::ok(json!({"probes": probes, "report": report}))
+                }
+                None => proto::error(
+                    "patrol_failed",
+                    "the patrol report could not be made; see the agent's log",
+                ),
+            },
+            "patrol" => {
+                let days = req
+                    .get("days")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(30)
+                    .min(30) as u32;
+                match crate::patrol::PatrolStore::open(self.cfg.paths.state_dir.join("patrol"))
+                    .and_then(|s| s.history(self.clock.now(), days))
+                {
+                    Ok(h) => proto::ok(json!({"history": h})),
+                    Err(e) => proto::error("state_error", e.to_string()),
+                }
+            }
             "events" => {
                 let n = req
                     .get("limit")
