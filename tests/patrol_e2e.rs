@@ -78,7 +78,10 @@ severity = "major"
     };
     let zh = run(&["inspect", "--lang", "zh"]);
     assert!(zh.starts_with("巡检报告 #2"), "{zh}");
-    assert!(zh.contains("✗ id-reader") && zh.contains("✓ camera"), "{zh}");
+    assert!(
+        zh.contains("✗ id-reader") && zh.contains("✓ camera"),
+        "{zh}"
+    );
     let en = run(&["inspect", "--lang", "en"]);
     assert!(en.starts_with("Patrol report #2"), "{en}");
     assert!(en.contains("P2"), "{en}");

@@ -401,3 +401,41 @@ impl Telemetry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::FixedClock;
+
+    fn telemetry(dir: &std::path::Path) -> Telemetry {
+        let cfg = Config::from_toml(
+            "[terminal]\nid = \"t1\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1\"\n[health]\ndisk_low_pct = 10.0\n",
+        )
+        .map_err(|_| "config")
+        .unwrap();
+        let clock: SharedClock = Arc::new(FixedClock::new("2026-11-29T08:00:00Z".parse().unwrap()));
+        let (ob, _) = crate::events::Outbox::open(&dir.join("events"), 100).unwrap();
+        let events = EventSink::new(ob, "t1", clock.clone(), 50);
+        let m = Maintenance::load(crate::state::StateStore::open(dir.join("state")).unwrap());
+        Telemetry::new(&cfg, events, m, clock)
+    }
+
+    fn disk(avail: u64) -> Value {
+        json!({"disks": [{"mount": "/data", "total_bytes": 1000, "avail_bytes": avail}]})
+    }
+
+    #[test]
+    fn disk_low_is_raised_once_and_recovers() {
+        let d = tempfile::tempdir().unwrap();
+        let t = telemetry(d.path());
+        t.check_disks(&disk(500));
+        t.check_disks(&disk(50));
+        t.check_disks(&disk(40));
+        t.check_disks(&disk(200));
+        let codes: Vec<String> = t.events.recent(10).into_iter().map(|e| e.code).collect();
+        assert_eq!(codes, vec!["disk.low", "disk.recovered"]);
+        let low = &t.events.recent(10)[0];
+        assert_eq!(low.details["mount"], "/data");
+        assert_eq!(low.level.as_deref(), Some("P2"));
+    }
+}

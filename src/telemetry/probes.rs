@@ -320,6 +320,10 @@ mod tests {
                 .ok
         );
         drop(l);
-        assert!(!probe("tcp", |c| c.addr = Some(addr)).run(&env).await.ok);
+        // Port 0 never accepts (a just-freed port may be taken by a parallel test).
+        let r = probe("tcp", |c| c.addr = Some("127.0.0.1:0".into()))
+            .run(&env)
+            .await;
+        assert!(!r.ok && r.detail.starts_with("127.0.0.1:0"), "{r:?}");
     }
 }
