@@ -60,6 +60,31 @@ impl Maintenance {
         self.tx.subscribe()
     }
 
+    /// The one way maintenance mode is switched (platform command or technician): persisted,
+    /// then announced to the platform as a `maintenance.changed` event.
+    pub fn switch(
+        &self,
+        on: bool,
+        reason: &str,
+        by: &str,
+        now: jiff::Timestamp,
+        events: &crate::events::EventSink,
+    ) -> Result<MaintenanceState, StateError> {
+        let state = self.set(on, reason, by, &crate::host::rfc3339(now))?;
+        let message = if on {
+            format!("maintenance mode on: {reason}")
+        } else {
+            "maintenance mode off".to_string()
+        };
+        events.emit(
+            crate::events::Severity::Info,
+            "maintenance.changed",
+            message,
+            serde_json::json!(state),
+        );
+        Ok(state)
+    }
+
     /// Persists first, then publishes the change, so a restart never forgets what was shown.
     pub fn set(
         &self,

@@ -401,25 +401,12 @@ impl Handler for LocalOps {
                     return proto::error("bad_request", "maintenance needs \"on\": true|false");
                 };
                 let reason = req.get("reason").and_then(Value::as_str).unwrap_or("");
-                match self.maintenance.set(
-                    on,
-                    reason,
-                    &format!("local:{}", conn.uid),
-                    &rfc3339(self.clock.now()),
-                ) {
-                    Ok(state) => {
-                        self.events.emit(
-                            Severity::Info,
-                            "maintenance.changed",
-                            if on {
-                                format!("maintenance mode on: {reason}")
-                            } else {
-                                "maintenance mode off".into()
-                            },
-                            json!(state),
-                        );
-                        proto::ok(json!(state))
-                    }
+                let by = format!("local:{}", conn.uid);
+                match self
+                    .maintenance
+                    .switch(on, reason, &by, self.clock.now(), &self.events)
+                {
+                    Ok(state) => proto::ok(json!(state)),
                     Err(e) => proto::error("state_error", e.to_string()),
                 }
             }

@@ -137,28 +137,16 @@ pub async fn execute(d: &Deps, name: &str, args: &Map<String, Value>) -> Command
             let reason = args.get("reason").and_then(Value::as_str).unwrap_or("");
             match d
                 .maintenance
-                .set(on, reason, "platform", &rfc3339(d.clock.now()))
+                .switch(on, reason, "platform", d.clock.now(), &d.events)
             {
-                Ok(state) => {
-                    d.events.emit(
-                        Severity::Info,
-                        "maintenance.changed",
-                        if on {
-                            format!("maintenance mode on: {reason}")
-                        } else {
-                            "maintenance mode off".into()
-                        },
-                        json!(state),
-                    );
-                    ok(
-                        if on {
-                            "maintenance on"
-                        } else {
-                            "maintenance off"
-                        },
-                        json!(state),
-                    )
-                }
+                Ok(state) => ok(
+                    if on {
+                        "maintenance on"
+                    } else {
+                        "maintenance off"
+                    },
+                    json!(state),
+                ),
                 Err(e) => error("state_error", e.to_string()),
             }
         }
