@@ -94,6 +94,8 @@ pub struct Control {
     /// kind → (target, version) in force.
     applied: HashMap<String, (String, u64)>,
     limiter: RateLimiter,
+    /// (app, phase) → last percent reported, to thin out download progress.
+    progress: HashMap<(String, Option<crate::update::Step>), u8>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +139,7 @@ impl Control {
             reports: serde_json::from_value(take(load(REPORTS))).unwrap_or_default(),
             seen: serde_json::from_value(take(load(SEEN))).unwrap_or_default(),
             applied: HashMap::new(),
+            progress: HashMap::new(),
             limiter,
             topics,
             trust,
@@ -444,6 +447,21 @@ impl Control {
     }
 
     fn on_update(&mut self, r: UpdateReport) {
+        // Download progress comes per percent; the platform needs a step every 10% (and every
+        // phase change), not a hundred retained messages per install.
+        if let UpdateReport::Progress(p) = &r {
+            let key = (p.name.clone(), p.step);
+            let last = self.progress.get(&key).copied();
+            if p.status == UpdateStatus::InProgress
+                && p.percent != 100
+                && last.is_some_and(|l| p.percent < l.saturating_add(10))
+            {
+                return;
+            }
+            self.progress.insert(key, p.percent);
+        } else if let UpdateReport::Done(o) = &r {
+            self.progress.retain(|(name, _), _| *name != o.name);
+        }
         let (p_name, version, status, message, details) = match &r {
             UpdateReport::Progress(p) => (
                 p.name.clone(),

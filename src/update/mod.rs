@@ -56,7 +56,7 @@ impl Status {
 }
 
 /// The step an in-progress install is on, for `reported/app/{name}.details.phase`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Step {
     Downloading,
