@@ -1,8 +1,9 @@
 //! Application updates through the real daemon, a real Mosquitto and a loopback HTTP server: a
 //! signed release is downloaded, unpacked, switched in and health-checked; an unhealthy one is
-//! rolled back by itself; and an agent killed with SIGKILL in the middle of a download or
-//! between the switch and the health verdict finishes the job after a restart, resuming the
-//! download with a `Range` request, while `current` only ever points at a complete release.
+//! rolled back by itself; and an agent killed with SIGKILL in the middle of a download, after
+//! unpacking while it waits for its maintenance window, or between the switch and the health
+//! verdict finishes the job after a restart (resuming the download with a `Range` request,
+//! reusing a complete unpack), while `current` only ever points at a complete release.
 
 mod common;
 mod common_http;
@@ -545,4 +546,61 @@ fn killed_between_switch_and_health_verdict_settles_after_restart() {
     );
     watch.finish();
     assert_eq!(s.agent.take().unwrap().stop().code(), Some(0));
+}
+
+#[test]
+fn killed_after_unpack_while_waiting_for_the_window_finishes_when_it_opens() {
+    let mut s = setup("sz-ft-0504");
+    let _base = s.install_base();
+    // A window that opens two hours from now, in the zone the agent reads it in (no schedule
+    // is in force, so the machine's zone).
+    let tz = jiff::tz::TimeZone::system();
+    let local = tz.to_datetime(jiff::Timestamp::now());
+    let start = local + jiff::SignedDuration::from_hours(2);
+    let end = start + jiff::SignedDuration::from_hours(1);
+    let hhmm = |d: jiff::civil::DateTime| format!("{:02}:{:02}", d.hour(), d.minute());
+    let bytes = release_tar_gz("2.1", None);
+    let server = common_http::serve(bytes.clone(), common_http::Options::default());
+    let mut doc: Value = serde_json::from_slice(&app_doc(
+        2,
+        &s.me(),
+        "2.1",
+        &server.url("2.1.tar.gz"),
+        &bytes,
+        s.health_exec(),
+    ))
+    .unwrap();
+    doc["window"] = json!({"start": hhmm(start), "end": hhmm(end)});
+    s.publish_app(serde_json::to_vec(&doc).unwrap());
+    // Downloaded and unpacked, not switched: it waits for the window.
+    let waiting = s.reported(2, |v| v["status"] == "waiting_window");
+    assert!(
+        waiting["message"].as_str().unwrap().contains("window"),
+        "{waiting:#}"
+    );
+    assert!(
+        s.app_dir().join("releases/2.1/ok").exists(),
+        "unpacked ahead of the window"
+    );
+    assert_eq!(s.current().as_deref(), Some("releases/1.0"));
+
+    s.kill();
+    assert_eq!(complete(&s.app_dir()).as_deref(), Ok("1.0"));
+    // Restarted with its clock inside the window: it finishes without downloading again.
+    s.platform.seen.clear();
+    let offset = (2 * 3600 + 120).to_string();
+    s.agent = Some(Agent::start_env(
+        &s.cfg,
+        &[("KIOSK_AGENT_CLOCK_OFFSET_S", &offset)],
+    ));
+    let r = s.reported(2, |v| {
+        v["status"] == "applied" || v["status"] == "failed" || v["status"] == "rolled_back"
+    });
+    assert_eq!(r["status"], "applied", "{r:#}");
+    assert_eq!(complete(&s.app_dir()).as_deref(), Ok("2.1"));
+    assert_eq!(
+        server.ranges().len(),
+        1,
+        "the unpacked release was reused, not fetched again"
+    );
 }
