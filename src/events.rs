@@ -221,7 +221,7 @@ impl Outbox {
             self.meta.acked_seq = self.meta.acked_seq.max(last);
             dropped = Some((n, first, last));
         }
-        let mut line = serde_json::to_vec(&ev).map_err(StateError::from_json(&self.dir))?;
+        let mut line = serde_json::to_vec(&ev).map_err(encode_error(&self.dir))?;
         line.push(b'\n');
         let log_path = self.dir.join(LOG);
         self.log
@@ -273,7 +273,7 @@ impl Outbox {
     }
 
     fn save_meta(&self) -> Result<(), EventsError> {
-        let bytes = serde_json::to_vec(&self.meta).map_err(StateError::from_json(&self.dir))?;
+        let bytes = serde_json::to_vec(&self.meta).map_err(encode_error(&self.dir))?;
         write_atomic(&self.dir.join(META), &bytes, Some(0o640))?;
         Ok(())
     }
@@ -301,12 +301,10 @@ impl Outbox {
     }
 }
 
-impl StateError {
-    fn from_json(dir: &Path) -> impl FnOnce(serde_json::Error) -> StateError + '_ {
-        move |source| StateError::Encode {
-            path: dir.to_path_buf(),
-            source,
-        }
+fn encode_error(dir: &Path) -> impl FnOnce(serde_json::Error) -> StateError + '_ {
+    move |source| StateError::Encode {
+        path: dir.to_path_buf(),
+        source,
     }
 }
 

@@ -1,0 +1,170 @@
+//! Local-socket requests (PROTOCOL §6) answered from the running parts; the socket server
+//! has already authorized the peer for the op.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+use crate::api::proto;
+use crate::api::server::{Conn, Handler};
+use crate::config::Config;
+use crate::events::EventSink;
+use crate::host::SharedClock;
+use crate::maintenance::Maintenance;
+use crate::policy::worker::PolicyHandle;
+use crate::power::PowerHandle;
+use crate::telemetry::Telemetry;
+use crate::transport::Publisher;
+
+/// Answers local-socket requests from the agent's parts.
+pub(super) struct LocalOps {
+    pub(super) cfg: Arc<Config>,
+    pub(super) started_at: String,
+    pub(super) clock: SharedClock,
+    pub(super) events: EventSink,
+    pub(super) maintenance: Maintenance,
+    pub(super) telemetry: Arc<Telemetry>,
+    pub(super) publisher: Publisher,
+    pub(super) power: PowerHandle,
+    pub(super) policy: PolicyHandle,
+    pub(super) patrol: crate::patrol::PatrolHandle,
+}
+
+impl LocalOps {
+    fn status(&self) -> Value {
+        let mut faults: Vec<_> = self
+            .telemetry
+            .last_probes()
+            .into_iter()
+            .filter(|p| !p.ok || p.level.is_some())
+            .collect();
+        // Worst open fault first: P1 before P4, then failing before merely degraded.
+        faults.sort_by_key(|p| (p.level.unwrap_or(crate::telemetry::Grade::P4), p.ok));
+        json!({
+            "terminal_id": self.cfg.terminal.id,
+            "groups": self.cfg.terminal.groups,
+            "agent_version": crate::VERSION,
+            "started_at": self.started_at,
+            "mqtt": {"url": self.cfg.mqtt.url, "connected": self.publisher.is_connected()},
+            "maintenance": self.maintenance.get(),
+            "events_pending": self.events.pending(),
+            "faults": faults,
+        })
+    }
+}
+
+impl Handler for LocalOps {
+    async fn handle(&self, conn: &Conn, op: &str, req: &Value) -> Value {
+        match op {
+            "status" => proto::ok(self.status()),
+            "health" => match self.telemetry.last() {
+                Some(h) => proto::ok(h),
+                None => proto::ok(self.telemetry.report().await),
+            },
+            "inspect" | "inspect_publish" => match self.patrol.run(op == "inspect_publish").await {
+                Some(report) => {
+                    let probes = self.telemetry.last_probes();
+                    proto::ok(json!({"probes": probes, "report": report}))
+                }
+                None => proto::error(
+                    "patrol_failed",
+                    "the patrol report could not be made; see the agent's log",
+                ),
+            },
+            "patrol" => {
+                let days = req
+                    .get("days")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(30)
+                    .min(30) as u32;
+                match crate::patrol::PatrolStore::open(self.cfg.paths.state_dir.join("patrol"))
+                    .and_then(|s| s.history(self.clock.now(), days))
+                {
+                    Ok(h) => proto::ok(json!({"history": h})),
+                    Err(e) => proto::error("state_error", e.to_string()),
+                }
+            }
+            "events" => {
+                let n = req
+                    .get("limit")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(50)
+                    .min(1000) as usize;
+                proto::ok(json!({"events": self.events.recent(n)}))
+            }
+            "maintenance" => {
+                let Some(on) = req.get("on").and_then(Value::as_bool) else {
+                    return proto::error("bad_request", "maintenance needs \"on\": true|false");
+                };
+                let reason = req.get("reason").and_then(Value::as_str).unwrap_or("");
+                let by = format!("local:{}", conn.uid);
+                match self
+                    .maintenance
+                    .switch(on, reason, &by, self.clock.now(), &self.events)
+                {
+                    Ok(state) => proto::ok(json!(state)),
+                    Err(e) => proto::error("state_error", e.to_string()),
+                }
+            }
+            "catalog" => match crate::catalog::current(&self.cfg.paths.state_dir) {
+                Some(c) => proto::ok(c),
+                None => proto::error("not_found", "no service-item catalog has been received yet"),
+            },
+            "schedule" => {
+                let mut v = json!(self.power.status());
+                v["windows"] = json!(self.power.windows(7));
+                proto::ok(v)
+            }
+            "compliance" => match self.policy.last() {
+                Some(r) => proto::ok(r.to_json()),
+                None => proto::error(
+                    "not_found",
+                    "no compliance report yet (no security policy in force)",
+                ),
+            },
+            "compliance_scan" => match self.policy.scan().await {
+                Some(scan) => proto::ok(scan.report.to_json()),
+                None => proto::error(
+                    "no_policy",
+                    "no security policy is in force on this terminal",
+                ),
+            },
+            "updates" => {
+                let releases = crate::update::list_releases(&self.cfg.paths.apps_dir)
+                    .map(|r| json!(r))
+                    .unwrap_or_else(|e| json!({"error": e.to_string()}));
+                let outcomes = crate::update::last_outcomes(&self.cfg.paths.state_dir);
+                proto::ok(json!({"apps": releases, "last_outcomes": outcomes}))
+            }
+            "inhibit" => {
+                let who = req.get("who").and_then(Value::as_str).unwrap_or("").trim();
+                let why = req.get("why").and_then(Value::as_str).unwrap_or("").trim();
+                if who.is_empty() || who.len() > 128 || why.len() > 256 {
+                    return proto::error(
+                        "bad_request",
+                        "inhibit needs \"who\" (1-128 chars) and \"why\" (at most 256)",
+                    );
+                }
+                self.power.inhibit(conn.id, who, why);
+                proto::ok(json!({"held": true, "who": who, "why": why}))
+            }
+            "release" => {
+                self.power.release(conn.id);
+                proto::ok(json!({"held": false}))
+            }
+            other => proto::error(
+                "unavailable",
+                format!("{other} is not available in this agent version"),
+            ),
+        }
+    }
+
+    fn closed(&self, conn: &Conn) {
+        self.power.release(conn.id);
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
+        self.events.subscribe_local()
+    }
+}
