@@ -137,7 +137,9 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             if cli.json {
                 println!("{line}");
             } else {
-                print!("{}", event_rows(std::slice::from_ref(&line)));
+                // The header was printed with the recent events above.
+                let rows = event_rows(std::slice::from_ref(&line));
+                print!("{}", rows.split_once('\n').map(|(_, r)| r).unwrap_or(""));
             }
         }
     }
