@@ -22,6 +22,7 @@ pub mod maintenance;
 pub mod patrol;
 pub mod policy;
 pub mod power;
+pub mod process;
 pub mod state;
 pub mod telemetry;
 pub mod transport;

@@ -3,9 +3,7 @@
 //! Commands act on the real machine whatever `paths.root` says, so tests inject a fake runner
 //! instead of letting a fixture scan ask the build machine's systemd.
 
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// What a finished command left behind. `code` is `None` when it was killed by a signal.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,57 +23,15 @@ pub trait CommandRunner: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Default, Clone)]
 pub struct SystemRunner;
 
-const OUTPUT_CAP: u64 = 64 * 1024;
+const OUTPUT_CAP: usize = 64 * 1024;
 
 impl CommandRunner for SystemRunner {
     fn run(&self, argv: &[String], timeout: Duration) -> Result<CommandOutput, String> {
-        let (prog, args) = argv.split_first().ok_or("empty command")?;
-        let mut child = Command::new(prog)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot start {prog}: {e}"))?;
-        let reader = |pipe: Option<Box<dyn Read + Send>>| {
-            std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                if let Some(p) = pipe {
-                    let _ = p.take(OUTPUT_CAP).read_to_end(&mut buf);
-                }
-                String::from_utf8_lossy(&buf).into_owned()
-            })
-        };
-        let out = reader(
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        );
-        let err = reader(
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        );
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(s)) => break s,
-                Ok(None) if Instant::now() >= deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(format!("{prog} timed out after {}s", timeout.as_secs()));
-                }
-                // Polling keeps this dependency-free; a check command runs for milliseconds.
-                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-                Err(e) => return Err(format!("waiting for {prog}: {e}")),
-            }
-        };
+        let f = crate::process::run(argv, timeout, OUTPUT_CAP).map_err(|e| e.to_string())?;
         Ok(CommandOutput {
-            code: status.code(),
-            stdout: out.join().unwrap_or_default(),
-            stderr: err.join().unwrap_or_default(),
+            code: f.code,
+            stdout: f.stdout,
+            stderr: f.stderr,
         })
     }
 }

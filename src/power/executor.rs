@@ -4,15 +4,13 @@
 //! and harmless commands, while production runs `systemctl poweroff` and writes sysfs.
 
 use std::future::Future;
-use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jiff::Timestamp;
 
 use crate::host::HostPaths;
+use crate::process::RunError;
 
 /// Where the kernel exposes the first RTC's alarm; resolved under `paths.root`.
 pub const WAKEALARM: &str = "/sys/class/rtc/rtc0/wakealarm";
@@ -126,88 +124,52 @@ impl PowerActions for HostActions {
     }
 }
 
-/// Reads a pipe to its end in a thread, keeping the first `OUTPUT_KEEP` bytes, so a chatty
-/// command can never block on a full pipe while we wait for it.
-fn drain(pipe: Option<impl Read + Send + 'static>) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    if let Some(mut pipe) = pipe {
-        std::thread::spawn(move || {
-            let mut kept = Vec::new();
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                let room = OUTPUT_KEEP.saturating_sub(kept.len());
-                kept.extend_from_slice(&buf[..n.min(room)]);
-            }
-            let _ = tx.send(String::from_utf8_lossy(&kept).trim_end().to_string());
-        });
-    }
-    rx
-}
-
 fn run_blocking(
     label: &'static str,
     argv: &[String],
     timeout: Duration,
 ) -> Result<CommandOutput, ExecError> {
-    let (prog, args) = argv
-        .split_first()
-        .ok_or(ExecError::NotConfigured { label })?;
     let cmd = argv.join(" ");
-    let mut child = Command::new(prog)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| ExecError::Spawn {
+    let f = crate::process::run(argv, timeout, OUTPUT_KEEP).map_err(|e| match e {
+        RunError::Empty => ExecError::NotConfigured { label },
+        RunError::Spawn { source, .. } => ExecError::Spawn {
             label,
             cmd: cmd.clone(),
             source,
-        })?;
-    let out = drain(child.stdout.take());
-    let err = drain(child.stderr.take());
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                tracing::warn!(label, cmd = %cmd, "command timed out and was killed");
-                return Err(ExecError::Timeout {
-                    label,
-                    cmd,
-                    secs: timeout.as_secs(),
-                });
+        },
+        RunError::Wait { source, .. } => ExecError::Wait {
+            label,
+            cmd: cmd.clone(),
+            source,
+        },
+        RunError::TimedOut { timeout, .. } => {
+            tracing::warn!(label, cmd = %cmd, "command timed out and was killed");
+            ExecError::Timeout {
+                label,
+                cmd: cmd.clone(),
+                secs: timeout.as_secs(),
             }
-            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(source) => return Err(ExecError::Wait { label, cmd, source }),
         }
-    };
-    // A background grandchild may keep the pipes open; do not wait for it forever.
-    let grace = Duration::from_secs(1);
+    })?;
     let output = CommandOutput {
-        stdout: out.recv_timeout(grace).unwrap_or_default(),
-        stderr: err.recv_timeout(grace).unwrap_or_default(),
+        stdout: f.stdout.trim_end().to_string(),
+        stderr: f.stderr.trim_end().to_string(),
     };
     tracing::info!(
         label,
         cmd = %cmd,
-        status = %status,
+        status = %f.status,
         stdout = %output.stdout,
         stderr = %output.stderr,
         "power command finished"
     );
-    if status.success() {
+    if f.success {
         Ok(output)
     } else {
         Err(ExecError::Failed {
             label,
             cmd,
-            status: status.to_string(),
+            status: f.status,
             stderr: output.stderr,
         })
     }

@@ -9,7 +9,6 @@ use std::fs;
 use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::host::{SharedClock, rfc3339};
@@ -683,9 +682,12 @@ impl Installer {
         let Some((prog, prefix)) = self.cfg.systemctl.split_first() else {
             return Err("commands.systemctl is empty".into());
         };
-        let mut cmd = Command::new(prog);
-        cmd.args(prefix).args(args);
-        run_with_timeout(cmd, self.cfg.command_timeout)
+        let argv: Vec<String> = std::iter::once(prog)
+            .chain(prefix)
+            .cloned()
+            .chain(args.iter().map(|a| a.to_string()))
+            .collect();
+        run_with_timeout(&argv, self.cfg.command_timeout)
             .map_err(|e| format!("`{} {}` {e}", self.cfg.systemctl.join(" "), args.join(" ")))
     }
 
@@ -709,10 +711,8 @@ impl Installer {
                 .max(Duration::from_secs(1));
             let r = match h {
                 HealthCheck::Exec { cmd, .. } => match cmd.split_first() {
-                    Some((prog, args)) => {
-                        let mut c = Command::new(prog);
-                        c.args(args);
-                        run_with_timeout(c, left).map_err(|e| format!("`{}` {e}", cmd.join(" ")))
+                    Some(_) => {
+                        run_with_timeout(cmd, left).map_err(|e| format!("`{}` {e}", cmd.join(" ")))
                     }
                     None => Err("empty health command".into()),
                 },
@@ -748,26 +748,12 @@ fn tcp_check(addr: &str, timeout: Duration) -> Result<(), String> {
     Err(last)
 }
 
-/// Runs a command with no stdin and no captured output, killing it at `timeout`. Polls
-/// because std has no wait-with-timeout; the interval only bounds how late a result is seen.
-fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Result<(), String> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut child = cmd.spawn().map_err(|e| format!("could not start: {e}"))?;
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(st)) if st.success() => return Ok(()),
-            Ok(Some(st)) => return Err(format!("exited with {st}")),
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("did not finish within {}s", timeout.as_secs()));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) => return Err(format!("could not be waited for: {e}")),
-        }
+/// Runs a command, killing it at `timeout`; success is exit status 0.
+fn run_with_timeout(argv: &[String], timeout: Duration) -> Result<(), String> {
+    match crate::process::run(argv, timeout, 4096) {
+        Ok(f) if f.success => Ok(()),
+        Ok(f) => Err(format!("exited with {}", f.status)),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -883,11 +869,10 @@ mod tests {
 
     #[test]
     fn command_timeout_kills() {
-        let mut c = Command::new("sleep");
-        c.arg("30");
-        let e = run_with_timeout(c, Duration::from_millis(100)).unwrap_err();
-        assert!(e.contains("did not finish"), "{e}");
-        assert!(run_with_timeout(Command::new("true"), Duration::from_secs(5)).is_ok());
-        assert!(run_with_timeout(Command::new("false"), Duration::from_secs(5)).is_err());
+        let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let e = run_with_timeout(&argv(&["sleep", "30"]), Duration::from_millis(100)).unwrap_err();
+        assert!(e.contains("timed out"), "{e}");
+        assert!(run_with_timeout(&argv(&["true"]), Duration::from_secs(5)).is_ok());
+        assert!(run_with_timeout(&argv(&["false"]), Duration::from_secs(5)).is_err());
     }
 }
