@@ -91,6 +91,23 @@ pub fn run(argv: &[String], timeout: Duration, keep: usize) -> Result<Finished, 
     })
 }
 
+/// `run` for async callers, on tokio's blocking pool.
+pub async fn run_async(
+    argv: Vec<String>,
+    timeout: Duration,
+    keep: usize,
+) -> Result<Finished, RunError> {
+    let prog = argv.first().cloned().unwrap_or_default();
+    tokio::task::spawn_blocking(move || run(&argv, timeout, keep))
+        .await
+        .unwrap_or_else(|e| {
+            Err(RunError::Wait {
+                prog,
+                source: std::io::Error::other(e.to_string()),
+            })
+        })
+}
+
 /// Reads a pipe to its end in a thread, keeping the first `keep` bytes.
 fn drain(pipe: Option<impl Read + Send + 'static>, keep: usize) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();

@@ -292,13 +292,12 @@ async fn low_battery(
         "UPS battery low: powering the terminal off cleanly",
         json!({"reason": "ups_low_battery", "cmd": power.poweroff_cmd}),
     );
-    let (prog, args) = match power.poweroff_cmd.split_first() {
-        Some(p) => p,
-        None => return,
-    };
-    match tokio::process::Command::new(prog).args(args).status().await {
-        Ok(s) if s.success() => tracing::info!("low-battery power-off started"),
-        Ok(s) => tracing::error!(status = %s, "low-battery power-off command failed"),
+    match crate::process::run_async(power.poweroff_cmd.clone(), Duration::from_secs(60), 4096).await
+    {
+        Ok(f) if f.success => tracing::info!("low-battery power-off started"),
+        Ok(f) => {
+            tracing::error!(status = %f.status, stderr = %f.stderr.trim(), "low-battery power-off command failed")
+        }
         Err(e) => tracing::error!(error = %e, "cannot run the low-battery power-off command"),
     }
 }

@@ -164,17 +164,14 @@ pub async fn execute(d: &Deps, name: &str, args: &Map<String, Value>) -> Command
 }
 
 async fn run(argv: &[String], timeout: Duration) -> Result<(), String> {
-    let (prog, rest) = argv.split_first().ok_or("empty command")?;
-    let mut child = tokio::process::Command::new(prog)
-        .args(rest)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot run {prog}: {e}"))?;
-    match tokio::time::timeout(timeout, child.wait()).await {
-        Ok(Ok(s)) if s.success() => Ok(()),
-        Ok(Ok(s)) => Err(format!("{prog} exited with {s}")),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("{prog} did not finish within {timeout:?}")),
+    match crate::process::run_async(argv.to_vec(), timeout, 4096).await {
+        Ok(f) if f.success => Ok(()),
+        Ok(f) => Err(format!(
+            "{} exited with {}: {}",
+            argv.join(" "),
+            f.status,
+            f.stderr.trim()
+        )),
+        Err(e) => Err(e.to_string()),
     }
 }

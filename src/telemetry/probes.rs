@@ -2,13 +2,10 @@
 //! (a stuck USB bus, an `exec` that never returns) never stalls the health report.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value;
-use tokio::io::AsyncReadExt;
-use tokio::process::Command;
 
 use super::grade::{DeviceReading, Grade};
 use crate::config::{ProbeConfig, parse_vid_pid};
@@ -131,7 +128,7 @@ impl Probe {
                 let unit = c.unit.clone().unwrap_or_default();
                 let mut argv = env.systemctl.clone();
                 argv.extend(["is-active".to_string(), "--quiet".to_string(), unit.clone()]);
-                match run_cmd(&argv).await {
+                match run_cmd(&argv, self.timeout).await {
                     Ok((0, _)) => (true, format!("{unit} active")),
                     Ok((code, _)) => (false, format!("{unit} not active (exit {code})")),
                     Err(e) => (false, format!("cannot ask systemd about {unit}: {e}")),
@@ -139,7 +136,7 @@ impl Probe {
             }
             "exec" => {
                 let argv = c.cmd.clone().unwrap_or_default();
-                match run_cmd(&argv).await {
+                match run_cmd(&argv, self.timeout).await {
                     Ok((0, line)) => (true, line),
                     Ok((code, line)) if line.is_empty() => (false, format!("exit status {code}")),
                     Ok((code, line)) => (false, format!("exit status {code}: {line}")),
@@ -190,27 +187,14 @@ fn usb_present(dir: PathBuf, vid: u16, pid: u16) -> (bool, String) {
     (false, format!("{wanted} not present"))
 }
 
-/// Runs argv, returns (exit code, first line of stdout). The child is killed when the probe's
-/// timeout drops this future.
-pub async fn run_cmd(argv: &[String]) -> std::io::Result<(i32, String)> {
-    let (prog, args) = argv
-        .split_first()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command"))?;
-    let mut child = Command::new(prog)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-    let mut out = Vec::new();
-    if let Some(mut so) = child.stdout.take() {
-        // Only the first line matters; cap what we read from a chatty command.
-        let _ = (&mut so).take(4096).read_to_end(&mut out).await;
-    }
-    let status = child.wait().await?;
-    let text = String::from_utf8_lossy(&out);
-    let first = text
+/// Runs argv within `timeout`; returns (exit code, first line of stdout).
+async fn run_cmd(
+    argv: &[String],
+    timeout: Duration,
+) -> Result<(i32, String), crate::process::RunError> {
+    let f = crate::process::run_async(argv.to_vec(), timeout, 4096).await?;
+    let first = f
+        .stdout
         .lines()
         .next()
         .unwrap_or("")
@@ -218,7 +202,7 @@ pub async fn run_cmd(argv: &[String]) -> std::io::Result<(i32, String)> {
         .chars()
         .take(200)
         .collect();
-    Ok((status.code().unwrap_or(-1), first))
+    Ok((f.code.unwrap_or(-1), first))
 }
 
 #[cfg(test)]
