@@ -17,14 +17,6 @@ fn catalog(version: u64, target: &str, status: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-fn command(id: &str, name: &str, target: &str, args: Value, expires: &str) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "kind": "command", "id": id, "name": name, "args": args, "target": target,
-        "issued_at": "2026-11-29T08:00:00Z", "expires_at": expires,
-    }))
-    .unwrap()
-}
-
 const FUTURE: &str = "2099-01-01T00:00:00Z";
 
 fn rejected(platform: &mut Platform, reason: &str) -> Value {

@@ -15,22 +15,6 @@ use serde_json::{Value, json};
 const P: &str = "kiosk/v1";
 const FUTURE: &str = "2099-01-01T00:00:00Z";
 
-fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let (src, dst) = (e.path(), to.join(e.file_name()));
-        let ft = e.file_type().unwrap();
-        if ft.is_symlink() {
-            std::os::unix::fs::symlink(fs::read_link(&src).unwrap(), &dst).unwrap();
-        } else if ft.is_dir() {
-            copy_tree(&src, &dst);
-        } else {
-            fs::copy(&src, &dst).unwrap();
-        }
-    }
-}
-
 /// Rules taken verbatim from the shipped baseline.
 fn baseline_rules(ids: &[&str]) -> Vec<Value> {
     let text = fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/policy/baseline.json"))
@@ -53,14 +37,6 @@ fn policy(version: u64, target: &str, rules: Vec<Value>) -> Vec<u8> {
     serde_json::to_vec(&json!({
         "kind": "policy", "version": version, "target": target,
         "issued_at": "2026-11-29T08:00:00Z", "rules": rules,
-    }))
-    .unwrap()
-}
-
-fn command(id: &str, name: &str, target: &str, args: Value, expires: &str) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "kind": "command", "id": id, "name": name, "args": args, "target": target,
-        "issued_at": "2026-11-29T08:00:00Z", "expires_at": expires,
     }))
     .unwrap()
 }

@@ -3,6 +3,8 @@
 //! every remediable rule without touching files the agent must never touch, and unsafe cases
 //! (symlinks out of the root, a write failing part-way, a malformed policy) change nothing.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
@@ -10,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::copy_tree;
 use kiosk_agent::host::HostPaths;
 use kiosk_agent::policy::{
     CommandOutput, CommandRunner, ComplianceReport, Engine, FsRemediator, Policy, PolicyError,
@@ -21,22 +24,6 @@ fn fixture_src(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/hosts")
         .join(name)
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let (src, dst) = (e.path(), to.join(e.file_name()));
-        let ft = e.file_type().unwrap();
-        if ft.is_symlink() {
-            symlink(fs::read_link(&src).unwrap(), &dst).unwrap();
-        } else if ft.is_dir() {
-            copy_tree(&src, &dst);
-        } else {
-            fs::copy(&src, &dst).unwrap();
-        }
-    }
 }
 
 /// A fixture copied into a temp dir, with the modes git cannot carry set as Debian ships them.

@@ -494,3 +494,29 @@ pub fn write(path: &Path, text: &str) {
     let mut f = std::fs::File::create(path).unwrap();
     f.write_all(text.as_bytes()).unwrap();
 }
+
+/// A signed-command document (PROTOCOL §5) for the tests to sign.
+pub fn command(id: &str, name: &str, target: &str, args: Value, expires: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "kind": "command", "id": id, "name": name, "args": args, "target": target,
+        "issued_at": "2026-11-29T08:00:00Z", "expires_at": expires,
+    }))
+    .unwrap()
+}
+
+/// Copies a fixture tree (symlinks as symlinks) into a test's temp root.
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        let ft = e.file_type().unwrap();
+        if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src).unwrap(), &dst).unwrap();
+        } else if ft.is_dir() {
+            copy_tree(&src, &dst);
+        } else {
+            std::fs::copy(&src, &dst).unwrap();
+        }
+    }
+}
