@@ -78,11 +78,9 @@ impl Handler for LocalOps {
                     .and_then(Value::as_u64)
                     .unwrap_or(30)
                     .min(30) as u32;
-                match crate::patrol::PatrolStore::open(self.cfg.paths.state_dir.join("patrol"))
-                    .and_then(|s| s.history(self.clock.now(), days))
-                {
+                match self.patrol.history(days).await {
                     Ok(h) => proto::ok(json!({"history": h})),
-                    Err(e) => proto::error("state_error", e.to_string()),
+                    Err(e) => proto::error("state_error", e),
                 }
             }
             "events" => {

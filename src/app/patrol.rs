@@ -67,9 +67,13 @@ impl PatrolRunner {
                     }
                 }
                 req = self.rx.recv() => match req {
-                    Some((publish, reply)) => {
+                    Some(PatrolRequest::Run { publish, reply }) => {
                         let r = self.patrol(publish).await;
                         let _ = reply.send(r);
+                    }
+                    Some(PatrolRequest::History { days, reply }) => {
+                        let h = self.store.history(self.clock.now(), days).map_err(|e| e.to_string());
+                        let _ = reply.send(h);
                     }
                     None => break,
                 },

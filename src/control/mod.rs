@@ -505,15 +505,7 @@ impl Control {
         message: String,
         details: Value,
     ) {
-        let v = json!({
-            "kind": kind.split('/').next().unwrap_or(kind),
-            "target": target,
-            "version": version,
-            "status": status,
-            "message": message,
-            "ts": rfc3339(self.d.clock.now()),
-            "details": details,
-        });
+        let v = self.reported_doc(kind, target, json!(version), status, message, details);
         self.d.publisher.reported(kind, &v);
         // Progress is not worth a disk write; final states are.
         if status != "in_progress" {
@@ -537,16 +529,37 @@ impl Control {
             .applied
             .get(kind)
             .map(|(t, v)| json!({"target": t, "version": v}));
-        let v = json!({
+        let details = json!({"reason": err.code(), "in_force": in_force});
+        let v = self.reported_doc(
+            kind,
+            target,
+            json!(version),
+            "rejected",
+            err.to_string(),
+            details,
+        );
+        self.d.publisher.reported(kind, &v);
+    }
+
+    /// `reported/{kind}` (PROTOCOL §4); `kind` is `app` for `app/{name}`.
+    fn reported_doc(
+        &self,
+        kind: &str,
+        target: &str,
+        version: Value,
+        status: &str,
+        message: String,
+        details: Value,
+    ) -> Value {
+        json!({
             "kind": kind.split('/').next().unwrap_or(kind),
             "target": target,
             "version": version,
-            "status": "rejected",
-            "message": err.to_string(),
+            "status": status,
+            "message": message,
             "ts": rfc3339(self.d.clock.now()),
-            "details": {"reason": err.code(), "in_force": in_force},
-        });
-        self.d.publisher.reported(kind, &v);
+            "details": details,
+        })
     }
 
     fn security_rejected(&mut self, topic: &str, target: Option<&str>, err: &TrustError) {

@@ -50,8 +50,19 @@ pub struct PatrolHandle {
     tx: tokio::sync::mpsc::UnboundedSender<PatrolRequest>,
 }
 
-/// One request to the runner: publish or not, and where to send the report.
-pub type PatrolRequest = (bool, tokio::sync::oneshot::Sender<Option<PatrolReport>>);
+/// One request to the runner, which alone owns the history directory.
+pub enum PatrolRequest {
+    /// Make a report now; with `publish` record and publish it.
+    Run {
+        publish: bool,
+        reply: tokio::sync::oneshot::Sender<Option<PatrolReport>>,
+    },
+    /// Summaries of the last `days` days, newest first.
+    History {
+        days: u32,
+        reply: tokio::sync::oneshot::Sender<Result<Vec<PatrolSummary>, String>>,
+    },
+}
 
 impl PatrolHandle {
     pub fn channel() -> (Self, tokio::sync::mpsc::UnboundedReceiver<PatrolRequest>) {
@@ -60,8 +71,17 @@ impl PatrolHandle {
     }
 
     pub async fn run(&self, publish: bool) -> Option<PatrolReport> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.tx.send((publish, tx)).ok()?;
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.tx.send(PatrolRequest::Run { publish, reply }).ok()?;
         rx.await.ok().flatten()
+    }
+
+    pub async fn history(&self, days: u32) -> Result<Vec<PatrolSummary>, String> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let gone = || "the patrol runner has stopped".to_string();
+        self.tx
+            .send(PatrolRequest::History { days, reply })
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
     }
 }
