@@ -10,6 +10,7 @@
 
 mod commands;
 mod limiter;
+mod records;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -33,6 +34,7 @@ use crate::trust::{Role, TrustError, TrustStore, Verified, verify_document, veri
 use crate::update::worker::{Report as UpdateReport, UpdateHandle};
 use crate::update::{AppDoc, Status as UpdateStatus};
 use limiter::RateLimiter;
+use records::Records;
 
 /// Everything the control layer acts through.
 #[derive(Clone)]
@@ -74,23 +76,19 @@ mod b64 {
     }
 }
 
-const VERSIONS: &str = "control/versions.json";
 const DOCS: &str = "control/documents.json";
 const REPORTS: &str = "control/reported.json";
-const SEEN: &str = "control/commands-seen.json";
 
 pub struct Control {
     d: Deps,
     topics: Topics,
     trust: TrustStore,
-    /// `{kind}|{target}` → highest version accepted.
-    versions: BTreeMap<String, u64>,
+    /// The anti-rollback floor and the command ids seen; they fail closed (see `records`).
+    records: Records,
     /// kind → target → document accepted on that scope.
     docs: BTreeMap<String, BTreeMap<String, Stored>>,
     /// kind → last `reported/{kind}`.
     reports: BTreeMap<String, Value>,
-    /// command id → Unix time it expires (kept until then).
-    seen: BTreeMap<String, i64>,
     /// kind → (target, version) in force.
     applied: HashMap<String, (String, u64)>,
     limiter: RateLimiter,
@@ -133,11 +131,17 @@ impl Control {
             &d.cfg.terminal.groups,
         );
         let limiter = RateLimiter::new(d.cfg.security.rejected_events_per_min);
+        let docs: BTreeMap<String, BTreeMap<String, Stored>> =
+            serde_json::from_value(take(load(DOCS))).unwrap_or_default();
+        let reports: BTreeMap<String, Value> =
+            serde_json::from_value(take(load(REPORTS))).unwrap_or_default();
+        let proven = proven_versions(&docs, &reports);
+        let (records, found) = Records::load(&d.store, &proven, d.clock.now().as_second());
+        announce_records(&d.events, &records, &found);
         let mut c = Self {
-            versions: serde_json::from_value(take(load(VERSIONS))).unwrap_or_default(),
-            docs: serde_json::from_value(take(load(DOCS))).unwrap_or_default(),
-            reports: serde_json::from_value(take(load(REPORTS))).unwrap_or_default(),
-            seen: serde_json::from_value(take(load(SEEN))).unwrap_or_default(),
+            records,
+            docs,
+            reports,
             applied: HashMap::new(),
             progress: HashMap::new(),
             limiter,
@@ -205,7 +209,7 @@ impl Control {
 
     fn persist(&self) {
         let results = [
-            self.d.store.save(VERSIONS, &self.versions),
+            self.records.save_versions(&self.d.store),
             self.d.store.save(DOCS, &self.docs),
             self.d.store.save(REPORTS, &self.reports),
         ];
@@ -285,7 +289,19 @@ impl Control {
             );
         };
         let key = format!("{kind}|{target}");
-        if let Some(&have) = self.versions.get(&key) {
+        if let Some(since) = self.records.replay_horizon(Some(&key))
+            && verified.issued_at().as_second() < since
+        {
+            return self.reject(
+                kind,
+                &target,
+                Some(version),
+                &TrustError::RecordsLost {
+                    since: rfc3339(jiff::Timestamp::from_second(since).unwrap_or_default()),
+                },
+            );
+        }
+        if let Some(&have) = self.records.versions.get(&key) {
             if version < have {
                 return self.reject(
                     kind,
@@ -313,7 +329,7 @@ impl Control {
                 &TrustError::InvalidDocument(msg),
             );
         }
-        self.versions.insert(key, version);
+        self.records.versions.insert(key, version);
         self.docs.entry(kind.to_string()).or_default().insert(
             target.clone(),
             Stored {
@@ -577,7 +593,7 @@ impl Control {
     fn prune_seen(&mut self) {
         let now = self.d.clock.now().as_second();
         let skew = self.d.cfg.security.clock_skew_s as i64;
-        self.seen.retain(|_, exp| *exp + skew >= now);
+        self.records.seen.retain(|_, exp| *exp + skew >= now);
     }
 
     async fn on_command(&mut self, scope: &Scope, payload: &[u8]) {
@@ -617,8 +633,18 @@ impl Control {
         let Some(cmd) = v.command().cloned() else {
             return;
         };
+        if let Some(since) = self.records.replay_horizon(None)
+            && v.issued_at().as_second() < since
+        {
+            let e = TrustError::RecordsLost {
+                since: rfc3339(jiff::Timestamp::from_second(since).unwrap_or_default()),
+            };
+            self.security_rejected("cmd", Some(&target), &e);
+            self.reply(&cmd.id, "rejected", e.code(), &e.to_string(), json!({}));
+            return;
+        }
         self.prune_seen();
-        if self.seen.contains_key(&cmd.id) {
+        if self.records.seen.contains_key(&cmd.id) {
             let e = TrustError::Replayed;
             self.security_rejected("cmd", Some(&target), &e);
             self.reply(&cmd.id, "rejected", e.code(), &e.to_string(), json!({}));
@@ -629,15 +655,50 @@ impl Control {
             .expires_at()
             .map(|t| t.as_second())
             .unwrap_or(now.as_second());
-        self.seen.insert(cmd.id.clone(), expires);
-        if let Err(e) = self.d.store.save(SEEN, &self.seen) {
+        self.records.seen.insert(cmd.id.clone(), expires);
+        if let Err(e) = self.records.save_seen(&self.d.store) {
             tracing::error!(error = %e, "cannot persist executed command ids; refusing to run");
             self.reply(&cmd.id, "error", "state_error", &e.to_string(), json!({}));
             return;
         }
         tracing::info!(id = %cmd.id, name = %cmd.name, "command");
+        if cmd.name == "security_reset" {
+            return self.security_reset(&cmd.id);
+        }
         let r = commands::execute(&self.d, &cmd.name, &cmd.args).await;
         self.reply(&cmd.id, r.status, r.code, &r.message, r.result);
+    }
+
+    /// The operator's way out of the lost-records state: the signed command says the floor as
+    /// it stands now (every version this terminal can still prove) is the one to trust.
+    fn security_reset(&mut self, id: &str) {
+        match self.records.reset(&self.d.store) {
+            Ok(was) => {
+                let since = was
+                    .as_ref()
+                    .map(|l| rfc3339(jiff::Timestamp::from_second(l.since).unwrap_or_default()));
+                let message = match &since {
+                    Some(s) => format!("security records marked lost since {s} are trusted again"),
+                    None => "security records were whole; nothing to reset".to_string(),
+                };
+                if was.is_some() {
+                    self.d.events.emit(
+                        Severity::Info,
+                        "security.records_reset",
+                        message.clone(),
+                        json!({"lost_since": since, "versions": self.records.versions.len()}),
+                    );
+                }
+                self.reply(
+                    id,
+                    "ok",
+                    "ok",
+                    &message,
+                    json!({"was_lost": was.is_some(), "lost_since": since}),
+                );
+            }
+            Err(e) => self.reply(id, "error", "state_error", &e.to_string(), json!({})),
+        }
     }
 
     fn reply(&self, id: &str, status: &str, code: &str, message: &str, result: Value) {
@@ -650,5 +711,57 @@ impl Control {
             "result": result,
             "ts": rfc3339(self.d.clock.now()),
         }));
+    }
+}
+
+/// Versions that local records other than the floor itself prove were accepted: every stored
+/// document, and every final report that was not a refusal.
+fn proven_versions(
+    docs: &BTreeMap<String, BTreeMap<String, Stored>>,
+    reports: &BTreeMap<String, Value>,
+) -> BTreeMap<String, u64> {
+    let mut proven: BTreeMap<String, u64> = BTreeMap::new();
+    let mut raise = |key: String, v: u64| {
+        let e = proven.entry(key).or_insert(v);
+        *e = (*e).max(v);
+    };
+    for (kind, scopes) in docs {
+        for (target, doc) in scopes {
+            raise(format!("{kind}|{target}"), doc.version);
+        }
+    }
+    for (kind, r) in reports {
+        if r["status"] == "rejected" {
+            continue;
+        }
+        if let (Some(target), Some(v)) = (r["target"].as_str(), r["version"].as_u64()) {
+            raise(format!("{kind}|{target}"), v);
+        }
+    }
+    proven
+}
+
+/// Tells the platform and the journal what loading the security records found.
+fn announce_records(events: &EventSink, records: &Records, found: &records::LoadReport) {
+    for copy in &found.repaired {
+        tracing::error!(copy = %copy, "security record copy unreadable; repaired from the other copy");
+        events.emit(
+            Severity::Major,
+            "security.records_repaired",
+            format!("a copy of a security record was unreadable and was repaired: {copy}"),
+            json!({"copy": copy}),
+        );
+    }
+    if let Some(lost) = &records.lost {
+        let since = rfc3339(jiff::Timestamp::from_second(lost.since).unwrap_or_default());
+        tracing::error!(since = %since, what = ?lost.what, "security records lost; refusing anything signed before {since} until security_reset");
+        events.emit(
+            Severity::Critical,
+            "security.records_lost",
+            format!(
+                "anti-rollback records unreadable (since {since}): documents and commands signed before then are refused until an operator sends the signed security_reset command"
+            ),
+            json!({"since": since, "what": lost.what, "newly_lost": found.newly_lost, "proven_versions": records.versions.len()}),
+        );
     }
 }

@@ -136,6 +136,10 @@ pub enum TrustError {
     Rollback { have: u64, got: u64 },
     #[error("this command id was already executed; send a new id")]
     Replayed,
+    #[error(
+        "this terminal's anti-rollback records were lost on {since}; until an operator sends the signed security_reset command only messages signed after that time are accepted"
+    )]
+    RecordsLost { since: String },
     #[error("cannot read trust root {path}: {source}")]
     ReadTrust {
         path: PathBuf,
@@ -167,6 +171,7 @@ impl TrustError {
             TrustError::KeyidMismatch => "keyid_mismatch",
             TrustError::Rollback { .. } => "rollback",
             TrustError::Replayed => "replayed",
+            TrustError::RecordsLost { .. } => "records_lost",
             TrustError::ReadTrust { .. } => "trust_unreadable",
             TrustError::PersistTrust { .. } => "trust_not_persisted",
         }
