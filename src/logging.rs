@@ -1,7 +1,14 @@
-//! Logs: journald (through systemd-journal-logger) when systemd started us, readable text on
-//! stderr otherwise. `tracing` is used throughout; under journald its events reach the
-//! journal through the `log` facade, with structured fields kept as message text.
+//! Logs: one `tracing` subscriber for both ways the agent runs, with one reloadable filter
+//! (`log.level`, the `set_log_level` command).
+//!
+//! Under systemd (`JOURNAL_STREAM` set) records go straight to the journal's native socket
+//! with every structured field as a journal field prefixed `KIOSK_` (`code` becomes
+//! `KIOSK_CODE`, so `journalctl -u kiosk-agent KIOSK_CODE=security.rejected` finds every
+//! refusal); otherwise readable text on stderr, coloured only on a terminal. The
+//! dependencies' `log` records (rumqttc, rustls, ureq) are bridged into the same subscriber in
+//! both modes, so the same filter decides what they show.
 
+use std::io::IsTerminal;
 use std::sync::OnceLock;
 
 use tracing_subscriber::EnvFilter;
@@ -10,53 +17,78 @@ use tracing_subscriber::reload;
 type ReloadHandle = reload::Handle<EnvFilter, tracing_subscriber::Registry>;
 static RELOAD: OnceLock<ReloadHandle> = OnceLock::new();
 
+/// The journal field prefix for the agent's structured fields.
+pub const JOURNAL_FIELD_PREFIX: &str = "KIOSK";
+
 /// True when stderr is connected to the journal (systemd sets `JOURNAL_STREAM`).
 pub fn under_journald() -> bool {
     std::env::var_os("JOURNAL_STREAM").is_some()
 }
 
-pub fn init(level: &str) {
-    if under_journald()
-        && let Ok(logger) = systemd_journal_logger::JournalLog::new()
-    {
-        let logger = logger.with_syslog_identifier("kiosk-agent".to_string());
-        if logger.install().is_ok() {
-            log::set_max_level(to_log_level(level));
-            return;
-        }
-    }
-    use tracing_subscriber::prelude::*;
-    let filter = EnvFilter::try_new(format!("{level},rumqttc=warn"))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let (filter, handle) = reload::Layer::new(filter);
-    let _ = RELOAD.set(handle);
-    let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_target(false),
-        )
-        .try_init();
+/// The MQTT client logs every reconnect attempt at info; the agent says it once, better.
+fn filter(level: &str) -> Option<EnvFilter> {
+    level.parse::<tracing::Level>().ok()?;
+    EnvFilter::try_new(format!("{level},rumqttc=warn")).ok()
 }
 
-fn to_log_level(level: &str) -> log::LevelFilter {
-    level.parse().unwrap_or(log::LevelFilter::Info)
+pub fn init(level: &str) {
+    use tracing_subscriber::prelude::*;
+    let (filter, handle) =
+        reload::Layer::new(filter(level).unwrap_or_else(|| EnvFilter::new("info,rumqttc=warn")));
+    let _ = RELOAD.set(handle);
+    let journald = if under_journald() {
+        match tracing_journald::layer() {
+            Ok(l) => Some(
+                l.with_syslog_identifier("kiosk-agent".to_string())
+                    .with_field_prefix(Some(JOURNAL_FIELD_PREFIX.to_string()))
+                    // info is routine (6), not notice (5): `journalctl -p notice` stays
+                    // a list of what needs a look.
+                    .with_priority_mappings(tracing_journald::PriorityMappings {
+                        info: tracing_journald::Priority::Informational,
+                        debug: tracing_journald::Priority::Debug,
+                        ..tracing_journald::PriorityMappings::new()
+                    }),
+            ),
+            Err(e) => {
+                eprintln!("kiosk-agent: journal socket unavailable ({e}); logging to stderr");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let stderr = journald.is_none().then(|| {
+        let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(colour)
+            .with_target(false)
+    });
+    // try_init also installs the `log` bridge.
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(journald)
+        .with(stderr)
+        .try_init();
 }
 
 /// Changes the log level at run time (`set_log_level` command). Returns false for a bad level.
 pub fn set_level(level: &str) -> bool {
-    if level.parse::<tracing::Level>().is_err() {
+    let Some(f) = filter(level) else {
+        return false;
+    };
+    let Some(h) = RELOAD.get() else {
+        return false;
+    };
+    if h.modify(|cur| *cur = f).is_err() {
         return false;
     }
-    if under_journald() {
-        log::set_max_level(to_log_level(level));
-        return true;
-    }
-    match RELOAD.get() {
-        Some(h) => h
-            .modify(|f| *f = EnvFilter::new(format!("{level},rumqttc=warn")))
-            .is_ok(),
-        None => false,
-    }
+    // The `log` bridge skips records above the level it was installed with; open it up to
+    // what the new filter may let through.
+    log::set_max_level(
+        level
+            .parse::<log::LevelFilter>()
+            .unwrap_or(log::LevelFilter::Info),
+    );
+    true
 }
