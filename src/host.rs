@@ -46,12 +46,17 @@ pub trait Clock: Send + Sync + std::fmt::Debug {
 pub type SharedClock = Arc<dyn Clock>;
 
 /// The system clock, optionally shifted by a fixed offset. The offset exists so an end-to-end
-/// test can run the real daemon "at 17:55 on a Friday" without touching the machine's clock;
-/// it is set from `KIOSK_AGENT_CLOCK_OFFSET_S` and is zero in production.
+/// test can run the real daemon "at 17:55 on a Friday" without touching the machine's clock.
+/// It is read from `KIOSK_AGENT_CLOCK_OFFSET_S` by debug builds only (what `cargo test` runs):
+/// a release build, the one that is packaged, always runs on the system clock and says so if
+/// the variable is set.
 #[derive(Debug, Clone, Default)]
 pub struct SystemClock {
     offset: SignedDuration,
 }
+
+/// The environment variable a debug build reads its clock offset from (seconds, may be negative).
+pub const CLOCK_OFFSET_ENV: &str = "KIOSK_AGENT_CLOCK_OFFSET_S";
 
 impl SystemClock {
     pub fn with_offset_secs(secs: i64) -> Self {
@@ -60,17 +65,23 @@ impl SystemClock {
         }
     }
 
-    /// Reads the test offset from the environment; an unparsable value is ignored with a log line.
+    /// The daemon's clock: the system clock, shifted by the test offset in a debug build.
     pub fn from_env() -> Self {
-        match std::env::var("KIOSK_AGENT_CLOCK_OFFSET_S") {
-            Ok(v) => match v.trim().parse::<i64>() {
-                Ok(secs) => Self::with_offset_secs(secs),
-                Err(_) => {
-                    tracing::warn!(value = %v, "KIOSK_AGENT_CLOCK_OFFSET_S is not an integer; ignored");
-                    Self::default()
-                }
-            },
-            Err(_) => Self::default(),
+        let Ok(v) = std::env::var(CLOCK_OFFSET_ENV) else {
+            return Self::default();
+        };
+        if !cfg!(debug_assertions) {
+            tracing::warn!(
+                "{CLOCK_OFFSET_ENV} is a test setting of debug builds; this build ignores it"
+            );
+            return Self::default();
+        }
+        match v.trim().parse::<i64>() {
+            Ok(secs) => Self::with_offset_secs(secs),
+            Err(_) => {
+                tracing::warn!(value = %v, "{CLOCK_OFFSET_ENV} is not an integer; ignored");
+                Self::default()
+            }
         }
     }
 }

@@ -46,7 +46,8 @@ fn main() -> ExitCode {
         if !config_only && let Err(e) = kiosk_agent::trust::TrustStore::load(&cfg.paths.trust_file)
         {
             eprintln!(
-                "kiosk-agent: paths.trust_file: {e} (the terminal is not provisioned yet: install the platform's trust root, see scripts/provision)"
+                "kiosk-agent: paths.trust_file: {e} (the terminal is not provisioned yet: install the platform's trust root with {})",
+                kiosk_agent::app::PROVISION
             );
             return ExitCode::from(2);
         }
@@ -73,9 +74,13 @@ fn main() -> ExitCode {
     match runtime.block_on(kiosk_agent::app::run(cfg, clock)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // Our error messages already carry their causes.
-            tracing::error!("{e}");
-            eprintln!("kiosk-agent: {e}");
+            // Our error messages already carry their causes. Logged once: to the journal under
+            // systemd, else as a plain line on stderr (where the log would say it again).
+            if kiosk_agent::logging::under_journald() {
+                tracing::error!("{e}");
+            } else {
+                eprintln!("kiosk-agent: {e}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -8,11 +8,11 @@ use serde_json::Value;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error(
-        "cannot connect to {path}: {source} (is kiosk-agent running? are you in the technicians' group?)"
-    )]
+    /// The OS error is the source, not part of the message, so a cause chain names it once.
+    #[error("cannot connect to {path} ({hint})")]
     Connect {
         path: String,
+        hint: &'static str,
         source: std::io::Error,
     },
     #[error("socket error: {0}")]
@@ -21,6 +21,16 @@ pub enum ClientError {
     Closed,
     #[error("unreadable answer from the agent: {0}")]
     Decode(#[from] serde_json::Error),
+}
+
+/// What a technician should check, by what went wrong.
+fn connect_hint(kind: std::io::ErrorKind) -> &'static str {
+    use std::io::ErrorKind::*;
+    match kind {
+        NotFound | ConnectionRefused => "is kiosk-agent running? systemctl status kiosk-agent",
+        PermissionDenied => "are you in the technicians' group? log in again after adding it",
+        _ => "is kiosk-agent running? are you in the technicians' group?",
+    }
 }
 
 pub struct Client {
@@ -32,6 +42,7 @@ impl Client {
     pub fn connect(path: &Path) -> Result<Self, ClientError> {
         let s = UnixStream::connect(path).map_err(|source| ClientError::Connect {
             path: path.display().to_string(),
+            hint: connect_hint(source.kind()),
             source,
         })?;
         Ok(Self {

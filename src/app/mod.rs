@@ -39,13 +39,19 @@ pub enum AppError {
     Socket(#[from] ServerError),
     #[error("cannot install signal handler: {0}")]
     Signal(std::io::Error),
-    #[error("{0} (provisioning installs the trust root at paths.trust_file)")]
+    #[error(
+        "{0} (the terminal is not provisioned yet: {PROVISION} installs the trust root at paths.trust_file)"
+    )]
     Control(#[from] ControlError),
     #[error("application updates: {0}")]
     Updates(#[from] InstallError),
     #[error("patrol history: {0}")]
     Patrol(#[from] crate::patrol::PatrolError),
 }
+
+/// Where the package installs the provisioning script; named in the hints of an unprovisioned
+/// terminal (a source checkout has it as `scripts/provision`).
+pub const PROVISION: &str = "/usr/share/kiosk-agent/provision";
 
 /// How long a stop may take before the remaining tasks are abandoned.
 const STOP_GRACE: Duration = Duration::from_secs(10);

@@ -65,7 +65,21 @@ impl Handler for LocalOps {
             "inspect" | "inspect_publish" => match self.patrol.run(op == "inspect_publish").await {
                 Some(report) => {
                     let probes = self.telemetry.last_probes();
-                    proto::ok(json!({"probes": probes, "report": report}))
+                    let mut data = json!({"probes": probes, "report": report});
+                    if op == "inspect_publish" {
+                        // Retained QoS 1: queued now, delivered once the broker is reachable.
+                        let c = &self.cfg;
+                        let topics = crate::transport::topics::Topics::new(
+                            &c.mqtt.topic_prefix,
+                            &c.terminal.id,
+                            &c.terminal.groups,
+                        );
+                        data["published"] = json!({
+                            "topic": topics.patrol(),
+                            "connected": self.publisher.is_connected(),
+                        });
+                    }
+                    proto::ok(data)
                 }
                 None => proto::error(
                     "patrol_failed",

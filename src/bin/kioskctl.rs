@@ -119,6 +119,15 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     if resp["ok"] != json!(true) {
         let code = resp["error"]["code"].as_str().unwrap_or("error");
         let msg = resp["error"]["message"].as_str().unwrap_or("");
+        // Nothing received yet is a state of the terminal, not a failure of the request.
+        if let Some(empty) = empty_state(&cli.cmd, code) {
+            if cli.json {
+                println!("null");
+            } else {
+                println!("{empty}");
+            }
+            return Ok(());
+        }
         bail!("{code}: {msg}");
     }
     let data = &resp["data"];
@@ -144,6 +153,17 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The line printed (exit 0) when the agent has nothing of that kind yet.
+fn empty_state(cmd: &Cmd, code: &str) -> Option<&'static str> {
+    match (cmd, code) {
+        (Cmd::Compliance { scan: false }, "not_found") => {
+            Some("No compliance report yet: no security policy has been received.")
+        }
+        (Cmd::Catalog, "not_found") => Some("No service-item catalog yet: none has been received."),
+        _ => None,
+    }
 }
 
 fn s(v: &Value) -> String {
@@ -303,7 +323,7 @@ fn render(cmd: &Cmd, d: &Value) -> String {
             out
         }
         Cmd::Inspect { lang, .. } => {
-            match serde_json::from_value::<PatrolReport>(d["report"].clone()) {
+            let mut out = match serde_json::from_value::<PatrolReport>(d["report"].clone()) {
                 Ok(report) => {
                     let lang = match lang.as_deref() {
                         Some("zh") => Lang::Zh,
@@ -313,9 +333,25 @@ fn render(cmd: &Cmd, d: &Value) -> String {
                     render_checklist_in(&report, lang, &jiff::tz::TimeZone::system())
                 }
                 Err(_) => probe_rows(&d["probes"]),
+            };
+            if let Some(p) = d["published"].as_object() {
+                out.push_str(&format!(
+                    "Recorded in the patrol history as report #{} and published on {}{}\n",
+                    s(&d["report"]["seq"]),
+                    s(&p["topic"]),
+                    if p["connected"] == json!(true) {
+                        ""
+                    } else {
+                        " (queued: the broker is not connected; it is sent on reconnect)"
+                    }
+                ));
             }
+            out
         }
-        Cmd::Patrol { .. } => {
+        Cmd::Patrol { days, .. } => {
+            if d["history"].as_array().is_none_or(|h| h.is_empty()) {
+                return format!("No patrol reports yet (none in the last {days} days).\n");
+            }
             let rows: Vec<Vec<String>> = d["history"]
                 .as_array()
                 .into_iter()
@@ -336,7 +372,12 @@ fn render(cmd: &Cmd, d: &Value) -> String {
                 &rows,
             )
         }
-        Cmd::Events { .. } => event_rows(d["events"].as_array().map(Vec::as_slice).unwrap_or(&[])),
+        Cmd::Events { follow, .. } => match d["events"].as_array() {
+            Some(ev) if !ev.is_empty() => event_rows(ev),
+            // --follow prints rows without their header from here on: give it one.
+            _ if *follow => format!("No events yet; waiting for new ones.\n{}", event_rows(&[])),
+            _ => "No events yet.\n".into(),
+        },
         Cmd::Maintenance { .. } => format!(
             "maintenance {}\n",
             if d["on"] == json!(true) { "on" } else { "off" }

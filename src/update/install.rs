@@ -429,7 +429,14 @@ impl Installer {
             &doc,
             Step::HealthCheck,
             0,
-            format!("restarting {:?} and checking health", doc.restart_units),
+            if doc.restart_units.is_empty() {
+                "checking health (no units to restart)".to_string()
+            } else {
+                format!(
+                    "restarting {} and checking health",
+                    doc.restart_units.join(", ")
+                )
+            },
         );
         let mut verdict = self.restart_units(&doc.restart_units);
         if let Err(e) = self.set_phase(&mut j, Phase::Health) {
