@@ -1,4 +1,4 @@
-//! The local socket (PROTOCOL §6) for technicians (`kioskctl`) and the kiosk UI.
+//! The local socket (docs/protocol.md §6) for technicians (`kioskctl`) and the kiosk UI.
 //!
 //! Owns the socket file, peer authorization (`SO_PEERCRED`, deny by default) and the line
 //! protocol. It holds no agent state: every op is answered by a `Handler` the daemon provides,

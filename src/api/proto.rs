@@ -1,4 +1,4 @@
-//! The local socket's wire format (PROTOCOL §6), shared by the server and `kioskctl`.
+//! The local socket's wire format (docs/protocol.md §6), shared by the server and `kioskctl`.
 
 use serde_json::{Value, json};
 

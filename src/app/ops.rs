@@ -1,4 +1,4 @@
-//! Local-socket requests (PROTOCOL §6) answered from the running parts; the socket server
+//! Local-socket requests (docs/protocol.md §6) answered from the running parts; the socket server
 //! has already authorized the peer for the op.
 
 use std::sync::Arc;

@@ -1,5 +1,5 @@
 //! Platform-side tool for operators and scripts: make signing keys, sign documents into DSSE
-//! envelopes, and check an envelope the way a kiosk would (PROTOCOL.md §2, §7).
+//! envelopes, and check an envelope the way a kiosk would (docs/protocol.md §2, §7).
 
 use std::fs::OpenOptions;
 use std::io::Write;

@@ -1,4 +1,4 @@
-//! Remote commands (PROTOCOL §5), run after the control layer has verified the signature,
+//! Remote commands (docs/protocol.md §5), run after the control layer has verified the signature,
 //! the target, the expiry and that the id is new.
 
 use std::time::Duration;

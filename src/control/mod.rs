@@ -557,7 +557,7 @@ impl Control {
         self.d.publisher.reported(kind, &v);
     }
 
-    /// `reported/{kind}` (PROTOCOL §4); `kind` is `app` for `app/{name}`.
+    /// `reported/{kind}` (docs/protocol.md §4); `kind` is `app` for `app/{name}`.
     fn reported_doc(
         &self,
         kind: &str,

@@ -1,4 +1,4 @@
-//! The daily patrol (巡检, PROTOCOL §3): one report of every device, the compliance summary and
+//! The daily patrol (巡检, docs/protocol.md §3): one report of every device, the compliance summary and
 //! the power schedule, produced before opening hours so a fault is found before a citizen
 //! finds it.
 //!

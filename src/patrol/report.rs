@@ -50,7 +50,7 @@ pub struct AgentSummary {
     pub uptime_s: u64,
 }
 
-/// `{"ts","seq","items","compliance","schedule","agent"}` (PROTOCOL §3).
+/// `{"ts","seq","items","compliance","schedule","agent"}` (docs/protocol.md §3).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PatrolReport {
     pub ts: String,

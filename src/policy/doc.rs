@@ -25,7 +25,7 @@ pub enum PolicyError {
     Rule { id: String, message: String },
 }
 
-/// Severity of a rule is the event vocabulary (PROTOCOL §3), so a violation event carries it
+/// Severity of a rule is the event vocabulary (docs/protocol.md §3), so a violation event carries it
 /// unchanged; the baseline's High/Medium/Low are accepted as aliases of major/minor/info.
 pub use crate::events::Severity;
 

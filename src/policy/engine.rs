@@ -1,4 +1,4 @@
-//! Evaluating a policy into PROTOCOL's compliance report, remediating where allowed, and telling
+//! Evaluating a policy into docs/protocol.md's compliance report, remediating where allowed, and telling
 //! the daemon which changes deserve an event.
 //!
 //! A rule is remediated only when three things agree: the rule asks (`remediate: true`), the
@@ -53,7 +53,7 @@ pub struct RuleResult {
     pub remediation: Option<Value>,
 }
 
-/// PROTOCOL §4 compliance document (retained on `P/t/{id}/compliance`).
+/// docs/protocol.md §4 compliance document (retained on `P/t/{id}/compliance`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ComplianceReport {
     pub version: u64,

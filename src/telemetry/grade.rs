@@ -1,4 +1,4 @@
-//! Fault grades P1–P4 (SECURITY-BASELINE §3.2) and the reading a kiosk device probe returns.
+//! Fault grades P1–P4 (docs/security-baseline.md §3.2) and the reading a kiosk device probe returns.
 //!
 //! The platform dispatches technicians by grade, with a response time per grade, so the grade
 //! must come from one documented rule rather than from each probe's taste:

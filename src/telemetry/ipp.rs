@@ -7,7 +7,7 @@
 //! plain TCP stream; it never follows redirects, never speaks TLS (`ipps`) and never reads more
 //! than `MAX_RESPONSE` bytes: a printer on the kiosk LAN is not trusted to be well formed.
 //!
-//! Interpretation (SECURITY-BASELINE §3.2/§3.3):
+//! Interpretation (docs/security-baseline.md §3.2/§3.3):
 //! - `media-empty`/`media-needed`, `toner-empty`/`marker-supply-empty` or a marker at 0 % →
 //!   failing, P2, event `device.consumable` (a supplies round fixes it);
 //! - `media-jam`, `door-open`/`cover-open`/`interlock-open`, `offline`, printer stopped
@@ -686,7 +686,7 @@ impl IppUrl {
 }
 
 /// Asks the printer at `url`; never fails: an unreachable or incoherent printer is a P2 reading
-/// (SECURITY-BASELINE: printer offline → P2).
+/// (docs/security-baseline.md §3.2: printer offline → P2).
 pub async fn probe_ipp(url: &str, timeout: Duration) -> DeviceReading {
     match tokio::time::timeout(timeout, query(url)).await {
         Ok(Ok(status)) => status.reading(),

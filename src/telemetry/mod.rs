@@ -61,7 +61,7 @@ impl Sampler {
         }
     }
 
-    /// The system part of a health report (PROTOCOL §3).
+    /// The system part of a health report (docs/protocol.md §3).
     pub fn sample(&mut self) -> Value {
         self.sys.refresh_cpu_usage();
         self.sys.refresh_memory();

@@ -1,4 +1,4 @@
-//! Every MQTT topic string the agent uses is built or parsed here (PROTOCOL §1).
+//! Every MQTT topic string the agent uses is built or parsed here (docs/protocol.md §1).
 
 /// Where a downstream message came from: its scope decides precedence and the `target` a
 /// signed document must carry.

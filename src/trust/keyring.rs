@@ -60,7 +60,7 @@ pub struct Keyring {
 }
 
 impl Keyring {
-    /// Parses and validates a trust document (PROTOCOL.md §2). Fields other than those of the
+    /// Parses and validates a trust document (docs/protocol.md §2). Fields other than those of the
     /// trust root (`target`, `issued_at`, …) are allowed, so a rotated root's signed payload
     /// is itself a valid trust file. Unknown role names are refused: a typo in a root would
     /// otherwise silently change who may sign what.

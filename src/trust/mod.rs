@@ -1,7 +1,7 @@
 //! Who may tell a kiosk what to do.
 //!
 //! Owns the trust root (the keyring of Ed25519 keys, their roles and thresholds), its rotation and
-//! atomic persistence, and the verification of every downstream DSSE envelope (PROTOCOL.md §2):
+//! atomic persistence, and the verification of every downstream DSSE envelope (docs/protocol.md §2):
 //! the bytes as received are checked against the keyring before any document field is read, and
 //! the only way to get a [`Verified`] document is through this module. It also checks the fields
 //! every signed document shares (`kind`, `target`, `issued_at`, `expires_at`, and a command's `id`).
@@ -29,7 +29,7 @@ pub use verify::{
 /// attack or a mistake, and refusing it before parsing keeps memory use on the kiosk bounded.
 pub const DEFAULT_MAX_BYTES: usize = 1024 * 1024;
 
-/// Default allowance for a kiosk clock that is off (PROTOCOL.md `security.clock_skew_s`).
+/// Default allowance for a kiosk clock that is off (docs/protocol.md §2, `security.clock_skew_s`).
 pub const DEFAULT_CLOCK_SKEW_S: u64 = 300;
 
 /// What a key may sign. Each role is also the `kind` of the documents it signs and names the
@@ -77,7 +77,7 @@ impl fmt::Display for Role {
     }
 }
 
-/// A role name that is not one of the six of PROTOCOL.md §2.
+/// A role name that is not one of the roles of docs/protocol.md §2.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown role {0:?} (expected one of trust, policy, schedule, catalog, app, command)")]
 pub struct UnknownRole(pub String);

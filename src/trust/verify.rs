@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 use super::{Envelope, Keyring, Role, TrustError};
 
-/// Longest command id the agent keeps in its replay record (PROTOCOL.md §5).
+/// Longest command id the agent keeps in its replay record (docs/protocol.md §5).
 const MAX_COMMAND_ID_CHARS: usize = 64;
 
 /// A payload whose envelope met the role's threshold. Only this module builds one, so holding
@@ -43,7 +43,7 @@ impl VerifiedPayload {
     }
 }
 
-/// The fields of a command document (PROTOCOL.md §5).
+/// The fields of a command document (docs/protocol.md §5).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CommandFields {
     pub id: String,
@@ -51,7 +51,7 @@ pub struct CommandFields {
     pub args: Map<String, Value>,
 }
 
-/// The fields every signed document shares (PROTOCOL.md §2, "Common document fields").
+/// The fields every signed document shares (docs/protocol.md §2, "Common document fields").
 #[derive(Debug, Clone, PartialEq)]
 pub struct DocumentHeader {
     pub kind: Role,

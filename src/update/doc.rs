@@ -1,4 +1,4 @@
-//! The `app` desired document (PROTOCOL §4) as the update capability understands it.
+//! The `app` desired document (docs/protocol.md §4) as the update capability understands it.
 //!
 //! Parsing happens only after `trust` has verified the envelope; validation here guards the
 //! file system and the command line, not authenticity: `name` and `release` become path

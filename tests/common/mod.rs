@@ -495,7 +495,7 @@ pub fn write(path: &Path, text: &str) {
     f.write_all(text.as_bytes()).unwrap();
 }
 
-/// A signed-command document (PROTOCOL §5) for the tests to sign.
+/// A signed-command document (docs/protocol.md §5) for the tests to sign.
 pub fn command(id: &str, name: &str, target: &str, args: Value, expires: &str) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
         "kind": "command", "id": id, "name": name, "args": args, "target": target,

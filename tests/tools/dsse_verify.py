@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Independent DSSE v1 / Ed25519 implementation of PROTOCOL.md section 2, used to check that
+"""Independent DSSE v1 / Ed25519 implementation of docs/protocol.md section 2, used to check that
 kiosk-admin's envelopes and keys interoperate with a stock library (python `cryptography`).
 
   dsse_verify.py verify --trust TRUST.json --type ROLE ENVELOPE   print the payload, exit 1 if refused

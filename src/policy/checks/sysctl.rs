@@ -11,7 +11,7 @@ use super::{Check, Ctx, Outcome, spec};
 use crate::policy::remediate::{RemediateError, Remediator, valid_sysctl_key};
 use crate::policy::text::{self, Op, Separator};
 
-/// The agent's own sysctl drop-in (PROTOCOL §4).
+/// The agent's own sysctl drop-in (docs/protocol.md §4).
 pub const DROPIN: &str = "/etc/sysctl.d/90-kiosk-agent.conf";
 
 #[derive(Debug, Deserialize)]
