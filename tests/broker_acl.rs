@@ -122,7 +122,7 @@ impl Broker {
 
     /// The platform on its own listener.
     fn platform(&self) -> Client {
-        let id = format!("platform-{}", free_port());
+        let id = common::unique("platform");
         Client::connect(&self.certs(), PLATFORM, &id, self.platform_port)
     }
 }

@@ -254,6 +254,33 @@ fn terminal_beats_group_beats_fleet_and_clearing_falls_back() {
         sign("catalog", &group2, &[k]),
         true,
     );
+    // Proof that it was taken in: the first group document, sent again on the same topic (so
+    // it arrives after the second), is now a rollback. Had version 2 not been recorded, an
+    // equal version would only have been reported again.
+    s.platform.publish(
+        &format!("{P}/g/futian/desired/catalog"),
+        sign("catalog", &group, &[k]),
+        false,
+    );
+    let rollback = rejected(&mut s.platform, "rollback");
+    assert_eq!(rollback["details"]["target"], "g/futian", "{rollback:#}");
+    assert_eq!(
+        s.catalog_file(),
+        terminal,
+        "the terminal's document stays in force"
+    );
+    assert!(
+        !s.platform
+            .seen
+            .iter()
+            .any(|m| m.topic.ends_with("/reported/catalog")
+                && m.json()["target"] == "g/futian"
+                && m.json()["version"] == 2),
+        "the group's newer document is not reported while the terminal's is in force: {:#?}",
+        s.platform.summary()
+    );
+    let shown = socket_call(&s.term.socket(), &json!({"op": "catalog"}));
+    assert_eq!(shown["data"]["items"][0]["status"], "offline", "{shown:#}");
     // ...until the terminal scope is cleared.
     s.platform
         .publish(&s.topic("desired/catalog"), Vec::new(), true);
@@ -397,16 +424,13 @@ fn commands_run_at_most_once_and_only_when_meant_for_us() {
         false,
     );
     assert_eq!(reply(&mut s.platform, "c-boot")["status"], "ok");
-    let start = std::time::Instant::now();
-    while std::fs::read_to_string(&marker)
-        .unwrap_or_default()
-        .lines()
-        .count()
-        != 1
-    {
-        assert!(start.elapsed() < DEADLINE, "reboot_cmd never ran");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_until("reboot_cmd to run", || {
+        std::fs::read_to_string(&marker)
+            .unwrap_or_default()
+            .lines()
+            .count()
+            == 1
+    });
     let st = socket_call(&s.term.socket(), &json!({"op": "status"}));
     assert_eq!(
         st["data"]["maintenance"]["on"], false,

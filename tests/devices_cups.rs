@@ -8,10 +8,14 @@
 //! `KIOSK_RECORD_IPP_FIXTURES=1` also records the scheduler's answers into
 //! `tests/fixtures/ipp/cups-*.bin`.
 
+mod common;
+
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use common::{free_port, wait_until};
 
 use kiosk_agent::events::Severity;
 use kiosk_agent::telemetry::grade::{Grade, grade};
@@ -28,6 +32,11 @@ fn find_tool(name: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("{name} not found: install cups-daemon and cups-client"))
 }
 
+fn cups_logs(dir: &Path) -> String {
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+    format!("{}{}", read("log/cupsd.out"), read("log/error_log"))
+}
+
 struct Cupsd {
     child: Child,
     port: u16,
@@ -39,11 +48,6 @@ impl Drop for Cupsd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
 }
 
 impl Cupsd {
@@ -99,26 +103,18 @@ impl Cupsd {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
+        let port = self.port;
+        let (child, dir) = (&mut self.child, self.dir.path().to_path_buf());
+        wait_until("cupsd to listen", || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("cupsd exited with {status}: {}", cups_logs(&dir));
             }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("cupsd exited with {status}: {}", self.logs());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "cupsd not listening: {}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
     }
 
     fn logs(&self) -> String {
-        let read = |f: &str| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
-        format!("{}{}", read("log/cupsd.out"), read("log/error_log"))
+        cups_logs(self.dir.path())
     }
 
     /// Runs a CUPS admin tool against this scheduler and insists it worked.

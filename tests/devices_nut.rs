@@ -6,6 +6,8 @@
 //! has its own config and state directory (`NUT_CONFPATH`, `NUT_STATEPATH`) and an ephemeral
 //! loopback port.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
@@ -53,10 +55,7 @@ impl Nut {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         std::fs::create_dir_all(d.join("state")).unwrap();
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
+        let port = common::free_port();
         std::fs::write(
             d.join("ups.conf"),
             format!(

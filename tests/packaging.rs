@@ -343,8 +343,12 @@ fn package_installs_provisions_upgrades_removes_and_purges() {
         "purge deletes the configuration, trust root and keys"
     );
     assert!(
-        std::fs::symlink_metadata(WANTS).is_err()
-            && std::fs::symlink_metadata("/etc/systemd/system/kiosk-agent.service").is_err(),
+        [WANTS, "/etc/systemd/system/kiosk-agent.service"]
+            .iter()
+            .all(|p| {
+                std::fs::symlink_metadata(p)
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+            }),
         "no enablement link or mask left"
     );
     for g in ["kiosk-tech", "kiosk-admin"] {

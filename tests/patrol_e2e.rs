@@ -43,8 +43,15 @@ severity = "major"
 
     let m = platform.wait_for("the daily patrol", |m| m.topic.ends_with("/patrol"));
     let report = m.json();
-    assert!(m.retain || m.topic.contains("sz-ft-0301"));
+    assert_eq!(m.topic, "kiosk/v1/t/sz-ft-0301/patrol");
     assert_eq!(report["seq"], 1);
+    // Retained: a platform that subscribes later still gets it, flagged as retained.
+    let mut late = Platform::connect(broker.port, "kiosk/v1/t/sz-ft-0301/patrol");
+    let kept = late.wait_for("the retained patrol report", |m| {
+        m.topic.ends_with("/patrol")
+    });
+    assert!(kept.retain, "delivered from the broker's retained store");
+    assert_eq!(kept.json(), report);
     let ts: jiff::Timestamp = report["ts"].as_str().unwrap().parse().unwrap();
     assert!(ts >= due, "not before 03:00 local: {ts} < {due}");
     let items = report["items"].as_array().unwrap();

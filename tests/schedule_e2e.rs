@@ -8,7 +8,7 @@ mod common;
 
 use std::path::Path;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use kiosk_agent::api::client::Client;
@@ -68,28 +68,22 @@ fn wait_line(
 
 /// Polls the socket's `schedule` op until `pred` holds.
 fn wait_schedule(sock: &Path, limit: Duration, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let start = Instant::now();
-    loop {
-        let r = socket_call(sock, &json!({"op": "schedule"}));
-        if pred(&r["data"]) {
-            return r["data"].clone();
-        }
-        assert!(start.elapsed() < limit, "{what} never showed; last: {r:#}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut last = Value::Null;
+    wait_until_within(limit, what, || {
+        last = socket_call(sock, &json!({"op": "schedule"}))["data"].clone();
+        pred(&last)
+    });
+    last
 }
 
 fn wait_file_lines(path: &Path, n: usize, what: &str) {
-    let start = Instant::now();
-    while std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .count()
-        < n
-    {
-        assert!(start.elapsed() < DEADLINE, "{what} never happened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(what, || {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .count()
+            >= n
+    });
 }
 
 fn ts(s: &Value) -> jiff::Timestamp {

@@ -28,13 +28,22 @@ fn ca(name: &str) -> Ca {
     Ca { params, key, pem }
 }
 
-/// Writes `{name}.pem` and `{name}.key` signed by `ca` into `dir`.
+/// Writes `{name}.pem` and `{name}.key` signed by `ca` into `dir`, valid for `localhost` and
+/// 127.0.0.1.
 fn leaf(ca: &Ca, dir: &Path, name: &str, cn: &str) {
+    leaf_for(ca, dir, name, cn, &["localhost"], true);
+}
+
+/// `leaf` valid only for the DNS names `dns` (and 127.0.0.1 when `loopback_ip`).
+fn leaf_for(ca: &Ca, dir: &Path, name: &str, cn: &str, dns: &[&str], loopback_ip: bool) {
     let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    params
-        .subject_alt_names
-        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let mut params =
+        CertificateParams::new(dns.iter().map(|d| d.to_string()).collect::<Vec<_>>()).unwrap();
+    if loopback_ip {
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    }
     params.distinguished_name.push(DnType::CommonName, cn);
     let issuer = Issuer::from_params(&ca.params, &ca.key);
     let cert = params.signed_by(&key, &issuer).unwrap();
@@ -74,19 +83,10 @@ fn mutual_tls_connects_and_a_foreign_client_certificate_is_refused() {
     std::fs::write(&cfg, &text).unwrap();
     let agent = Agent::start(&cfg);
     wait_socket(&term.socket());
-    let start = std::time::Instant::now();
-    loop {
+    wait_until("a connection over mutual TLS", || {
         let st = socket_call(&term.socket(), &json!({"op": "status"}));
-        if st["data"]["mqtt"]["connected"] == true {
-            break;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "never connected over mutual TLS: {}",
-            agent.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        st["data"]["mqtt"]["connected"] == true
+    });
     assert!(
         broker.log().contains("sz-ft-0101"),
         "broker saw the certificate identity"
@@ -100,15 +100,9 @@ fn mutual_tls_connects_and_a_foreign_client_certificate_is_refused() {
     )
     .unwrap();
     let agent = Agent::start(&cfg);
-    let start = std::time::Instant::now();
-    while !agent.log().contains("broker connection failed") {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "no refusal logged: {}",
-            agent.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until("the refusal in the agent's log", || {
+        agent.log().contains("broker connection failed")
+    });
     let log = agent.log();
     assert!(
         log.contains("TLS"),
@@ -116,6 +110,74 @@ fn mutual_tls_connects_and_a_foreign_client_certificate_is_refused() {
     );
     let st = socket_call(&term.socket(), &json!({"op": "status"}));
     assert_eq!(st["data"]["mqtt"]["connected"], false);
+}
+
+/// The agent's side of TLS: it talks only to a broker whose certificate chains to
+/// `mqtt.ca_file` and names the host of `mqtt.url`. The broker asks for no client certificate
+/// here, so a refusal can only be the agent's.
+fn agent_refuses_broker(case: &str, broker_cert: impl Fn(&Ca, &Ca, &Path), expect: &str) {
+    let certs = tempfile::tempdir().unwrap();
+    let d = certs.path();
+    let fleet = ca("kiosk fleet CA");
+    let other = ca("some other CA");
+    std::fs::write(d.join("ca.pem"), &fleet.pem).unwrap();
+    broker_cert(&fleet, &other, d);
+    let broker = Broker::start_with(&format!(
+        "allow_anonymous true\ncertfile {d}/broker.pem\nkeyfile {d}/broker.key\n",
+        d = d.display()
+    ));
+    let term = Terminal::new("sz-ft-0103");
+    let url = format!("mqtts://127.0.0.1:{}", broker.port);
+    let cfg = term.config(&url, "");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        &format!("url = \"{url}\"\n"),
+        &format!("url = \"{url}\"\nca_file = \"{}/ca.pem\"\n", d.display()),
+    );
+    std::fs::write(&cfg, &text).unwrap();
+    let agent = Agent::start(&cfg);
+    wait_socket(&term.socket());
+    wait_until(&format!("{case}: the refusal in the agent's log"), || {
+        agent.log().contains("broker connection failed")
+    });
+    let log = agent.log();
+    assert!(
+        log.contains(expect),
+        "{case}: the log names why ({expect}): {log}"
+    );
+    let st = socket_call(&term.socket(), &json!({"op": "status"}));
+    assert_eq!(st["data"]["mqtt"]["connected"], false, "{case}");
+    assert!(
+        !broker.log().contains("as sz-ft-0103"),
+        "{case}: no MQTT session was ever opened:\n{}",
+        broker.log()
+    );
+}
+
+#[test]
+fn agent_refuses_a_broker_certificate_from_another_ca() {
+    agent_refuses_broker(
+        "foreign CA",
+        |_, other, d| leaf(other, d, "broker", "broker"),
+        "UnknownIssuer",
+    );
+}
+
+#[test]
+fn agent_refuses_a_broker_certificate_for_another_name() {
+    agent_refuses_broker(
+        "wrong name",
+        |fleet, _, d| {
+            leaf_for(
+                fleet,
+                d,
+                "broker",
+                "broker.example.gov.cn",
+                &["broker.example.gov.cn"],
+                false,
+            )
+        },
+        "not valid for name",
+    );
 }
 
 #[test]

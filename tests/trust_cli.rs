@@ -1,6 +1,8 @@
 //! kiosk-admin against an independent implementation (Python `cryptography`, tests/tools/dsse_verify.py):
 //! envelopes signed by one side verify on the other, and keys from either side sign.
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -105,9 +107,7 @@ fn setup() -> Setup {
 
 /// A third key for the roles this file does not exercise, so the root is complete.
 fn other_roles_entry() -> Value {
-    let pkcs8 =
-        ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
-    let kp = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+    let (_, kp) = common::ed25519_pkcs8();
     let public = ring::signature::KeyPair::public_key(&kp).as_ref().to_vec();
     json!({"keyid": kiosk_agent::trust::keyid_of(&public),
            "public_key": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &public),
@@ -116,10 +116,7 @@ fn other_roles_entry() -> Value {
 
 /// A fresh key as ring generates it (PKCS#8 v2, public key included) and that key pair.
 fn ring_key() -> (Vec<u8>, ring::signature::Ed25519KeyPair) {
-    let pkcs8 =
-        ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
-    let kp = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
-    (pkcs8.as_ref().to_vec(), kp)
+    common::ed25519_pkcs8()
 }
 
 #[test]

@@ -2,16 +2,18 @@
 //! and a change to anything signed is never accepted. `scripts/fuzz` runs these with many more
 //! cases (PROPTEST_CASES).
 
+mod common;
+
 use std::sync::LazyLock;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use jiff::Timestamp;
 use kiosk_agent::trust::{
-    DEFAULT_MAX_BYTES, Envelope, Keyring, Role, keyid_of, sign_envelope, verify_document,
+    DEFAULT_MAX_BYTES, Envelope, Keyring, Role, TrustError, keyid_of, sign_envelope,
+    verify_document,
 };
 use proptest::prelude::*;
-use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde_json::json;
 
@@ -25,8 +27,7 @@ struct Fixture {
 }
 
 fn new_key() -> Ed25519KeyPair {
-    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
-    Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap()
+    common::ed25519_pkcs8().1
 }
 
 /// Two keys, policy threshold 2, and a policy document both signed.
@@ -67,6 +68,20 @@ fn check(raw: &[u8], role: Role) -> Result<Vec<u8>, kiosk_agent::trust::TrustErr
         .map(|v| v.payload().to_vec())
 }
 
+/// Refused before the document is looked at: the envelope, its type or its signatures. A
+/// forged message must never get as far as the document checks (expiry, target, content).
+fn refused_at_the_signature_layer(r: &Result<Vec<u8>, TrustError>) -> bool {
+    matches!(
+        r,
+        Err(TrustError::Malformed(_)
+            | TrustError::WrongType { .. }
+            | TrustError::UnknownKey
+            | TrustError::BadSignature
+            | TrustError::MissingRole
+            | TrustError::BelowThreshold { .. })
+    )
+}
+
 fn any_role() -> impl Strategy<Value = Role> {
     prop::sample::select(Role::ALL.to_vec())
 }
@@ -79,7 +94,11 @@ fn fixture_is_accepted() {
 proptest! {
     #[test]
     fn arbitrary_bytes_are_refused(raw in prop::collection::vec(any::<u8>(), 0..4096), role in any_role()) {
-        prop_assert!(check(&raw, role).is_err());
+        let refused = check(&raw, role);
+        prop_assert!(
+            matches!(refused, Err(TrustError::Malformed(_))),
+            "bytes that are not an envelope are refused as such: {refused:?}"
+        );
         let _ = Keyring::from_bytes(&raw);
         let _ = FIXTURE.keyring.rotate(&raw, now(), 300, DEFAULT_MAX_BYTES, TARGET);
     }
@@ -102,7 +121,8 @@ proptest! {
         }).collect();
         let raw = serde_json::to_vec(&json!({"payloadType": ptype,
             "payload": STANDARD.encode(&payload), "signatures": signatures})).unwrap();
-        prop_assert!(check(&raw, role).is_err());
+        let refused = check(&raw, role);
+        prop_assert!(refused_at_the_signature_layer(&refused), "{refused:?}");
     }
 
     /// Byte-level damage to the serialized envelope. JSON may still say the same thing after a
@@ -156,9 +176,14 @@ proptest! {
                 env.payload_type = String::from_utf8_lossy(&t).into_owned();
             }
         }
-        prop_assert!(check(env.to_json().as_bytes(), Role::Policy).is_err());
+        let refused = check(env.to_json().as_bytes(), Role::Policy);
+        prop_assert!(refused_at_the_signature_layer(&refused), "{refused:?}");
         if role != Role::Policy {
-            prop_assert!(check(&f.raw, role).is_err(), "a policy envelope is never another role");
+            let other = check(&f.raw, role);
+            prop_assert!(
+                matches!(other, Err(TrustError::WrongType { .. })),
+                "a policy envelope is never another role: {other:?}"
+            );
         }
     }
 }

@@ -13,7 +13,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
@@ -23,36 +23,22 @@ const APP: &str = "kiosk-ui";
 /// The payload of the large release; the archive is a little bigger (tar headers, gzip framing).
 const BIG: usize = 64 << 20;
 
-fn sha(b: &[u8]) -> String {
-    hex::encode(ring::digest::digest(&ring::digest::SHA256, b).as_ref())
-}
-
 /// A release archive: `bin/app` saying which release it is, an optional large `data.bin`, and
 /// `ok` last, so a directory holding `ok` holds everything.
 fn release_tar_gz(release: &str, data: Option<&[u8]>) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    let mut add = |path: &str, bytes: &[u8]| {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(bytes.len() as u64);
-        h.set_mode(0o755);
-        h.set_cksum();
-        b.append_data(&mut h, path, bytes).unwrap();
-    };
-    add("bin/app", format!("app {release}").as_bytes());
+    let app = format!("app {release}");
+    let mut entries = vec![Entry::File("bin/app", app.as_bytes())];
     if let Some(d) = data {
-        add("data.bin", d);
+        entries.push(Entry::File("data.bin", d));
     }
-    add("ok", b"");
-    let raw = b.into_inner().unwrap();
+    entries.push(Entry::File("ok", b""));
     // Large payloads are stored, not compressed: the point is the size on the wire.
     let level = if data.is_some() {
         flate2::Compression::none()
     } else {
         flate2::Compression::fast()
     };
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), level);
-    e.write_all(&raw).unwrap();
-    e.finish().unwrap()
+    gzip(&tar(&entries), level)
 }
 
 fn big_payload() -> Vec<u8> {
@@ -73,7 +59,7 @@ fn app_doc(
         "kind": "app", "version": version, "target": target,
         "issued_at": "2026-11-29T08:00:00Z",
         "name": APP, "release": release,
-        "artifact": {"url": url, "sha256": sha(bytes), "size": bytes.len(), "format": "tar.gz"},
+        "artifact": {"url": url, "sha256": sha256_hex(bytes), "size": bytes.len(), "format": "tar.gz"},
         "restart_units": ["kiosk-ui.service"],
         "health": health,
     }))
@@ -340,14 +326,6 @@ impl CurrentWatch {
     }
 }
 
-fn wait_until(what: &str, cond: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < DEADLINE, "{what} never happened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn release_applied_then_an_unhealthy_one_rolled_back() {
     let mut s = setup("sz-ft-0501");
@@ -450,7 +428,7 @@ fn killed_mid_download_resumes_with_a_range_request() {
         .expect("the agent asked for the artifact");
     let partial = s.term.path(&format!(
         "state/update/downloads/{APP}-{}.part",
-        sha(&bytes)
+        sha256_hex(&bytes)
     ));
     wait_until("half the artifact on disk", || {
         std::fs::metadata(&partial).is_ok_and(|m| m.len() == pause_at as u64)

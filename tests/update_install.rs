@@ -3,11 +3,14 @@
 
 mod common_http;
 
+mod common;
+
 use std::fs;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{Entry, sha256_hex, tar};
 use common_http::{Options, serve, test_pki};
 use kiosk_agent::host::FixedClock;
 use kiosk_agent::state::StateStore;
@@ -112,14 +115,17 @@ impl Env {
     }
 }
 
-fn sha(b: &[u8]) -> String {
-    hex::encode(ring::digest::digest(&ring::digest::SHA256, b).as_ref())
-}
-
 /// Health passes only when the switched-to release holds a file called `ok`, so the check
 /// really looks at what `current` points to.
 fn doc(env: &Env, release: &str, url: &str, bytes: &[u8], format: &str) -> AppDoc {
-    doc_with(env, release, url, &sha(bytes), bytes.len() as u64, format)
+    doc_with(
+        env,
+        release,
+        url,
+        &sha256_hex(bytes),
+        bytes.len() as u64,
+        format,
+    )
 }
 
 fn doc_with(env: &Env, release: &str, url: &str, sha256: &str, size: u64, format: &str) -> AppDoc {
@@ -135,32 +141,18 @@ fn doc_with(env: &Env, release: &str, url: &str, sha256: &str, size: u64, format
 
 /// A release archive: `ok` (when healthy), `bin/app`, and `lib -> bin` (a link inside).
 fn release_tar(release: &str, healthy: bool, gz: bool) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    let mut add = |path: &str, data: &[u8]| {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o755);
-        h.set_cksum();
-        b.append_data(&mut h, path, data).unwrap();
-    };
-    add("bin/app", format!("app {release}").as_bytes());
+    let app = format!("app {release}");
+    let mut entries = vec![Entry::File("bin/app", app.as_bytes())];
     if healthy {
-        add("ok", b"");
+        entries.push(Entry::File("ok", b""));
     }
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(tar::EntryType::Symlink);
-    h.set_size(0);
-    h.set_mode(0o777);
-    b.append_link(&mut h, "lib", "bin").unwrap();
-    let raw = b.into_inner().unwrap();
+    entries.push(Entry::Link("lib", "bin"));
+    let raw = tar(&entries);
     if gz { gzip(&raw) } else { raw }
 }
 
 fn gzip(raw: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    e.write_all(raw).unwrap();
-    e.finish().unwrap()
+    common::gzip(raw, flate2::Compression::fast())
 }
 
 /// A raw tar entry whose name is written byte for byte, bypassing the builder's own checks,
@@ -300,7 +292,7 @@ fn hash_mismatch_is_refused_and_discarded() {
     assert_untouched(&env, &o, "hash_mismatch");
     assert!(
         o.message
-            .contains(&format!("expected {wrong}, got {}", sha(&bytes))),
+            .contains(&format!("expected {wrong}, got {}", sha256_hex(&bytes))),
         "{}",
         o.message
     );
@@ -329,7 +321,7 @@ fn size_mismatch_over_http_is_refused() {
             &env,
             "2.0",
             &srv.url("a"),
-            &sha(&bytes[..short as usize]),
+            &sha256_hex(&bytes[..short as usize]),
             short,
             "tar.gz",
         ),
@@ -494,7 +486,7 @@ fn unit_health_check_goes_through_systemctl() {
     let v = serde_json::json!({
         "kind": "app", "version": 1, "target": "all", "issued_at": "2026-03-01T00:00:00Z",
         "name": "demo", "release": "1.0",
-        "artifact": {"url": url, "sha256": sha(&bytes), "size": bytes.len(), "format": "file"},
+        "artifact": {"url": url, "sha256": sha256_hex(&bytes), "size": bytes.len(), "format": "file"},
         "restart_units": ["kiosk-ui.service"],
         "health": {"type": "unit", "unit": "kiosk-ui.service", "timeout_s": 0}
     });
@@ -536,7 +528,7 @@ fn interrupted_download_resumes_after_restart_with_range() {
     assert_eq!(env.current(), None);
     let partial = env
         .state
-        .join(format!("update/downloads/demo-{}.part", sha(&body)));
+        .join(format!("update/downloads/demo-{}.part", sha256_hex(&body)));
     let kept = fs::metadata(&partial).unwrap().len();
     assert!(kept > 0 && kept < body.len() as u64, "kept {kept}");
 

@@ -140,7 +140,9 @@ mod tests {
         assert_eq!(s["by_status"]["suspended"], 1);
         assert_eq!(std::fs::read(path(d.path())).unwrap(), doc);
         let bad = br#"{"items":[{"id":"a","name":"x","status":"closed"}]}"#;
-        assert!(apply(d.path(), bad).is_err());
+        assert!(
+            matches!(apply(d.path(), bad), Err(CatalogError::Invalid(ref m)) if m.contains("must be active, suspended or offline"))
+        );
         assert_eq!(std::fs::read(path(d.path())).unwrap(), doc, "unchanged");
         assert!(render(&current(d.path()).unwrap()).contains("system upgrade"));
     }

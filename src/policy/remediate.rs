@@ -417,7 +417,9 @@ mod tests {
         );
         // a dangling absolute link would resolve against the real host: refused too
         symlink("/nonexistent-kiosk-target", d.path().join("etc/issue")).unwrap();
-        assert!(r.write_file("/etc/issue", b"x", None).is_err());
+        assert!(
+            matches!(r.write_file("/etc/issue", b"x", None), Err(RemediateError::Refused { ref message, .. }) if message == "dangling symlink")
+        );
     }
 
     #[test]
@@ -483,8 +485,12 @@ mod tests {
         assert_eq!(fs::read_link(&l).unwrap(), PathBuf::from("/dev/null"));
         r.mask_unit("ctrl-alt-del.target").unwrap();
         fs::write(d.path().join("etc/systemd/system/mine.service"), "[Unit]\n").unwrap();
-        assert!(r.mask_unit("mine.service").is_err());
-        assert!(r.mask_unit("../../x.service").is_err());
+        assert!(
+            matches!(r.mask_unit("mine.service"), Err(RemediateError::Refused { ref message, .. }) if message == "a unit file is installed there")
+        );
+        assert!(
+            matches!(r.mask_unit("../../x.service"), Err(RemediateError::Refused { ref message, .. }) if message == "not a unit name")
+        );
     }
 
     #[test]
@@ -495,8 +501,13 @@ mod tests {
         fs::write(&p, "438\n").unwrap();
         r.write_sysctl("kernel.sysrq", "0").unwrap();
         assert_eq!(fs::read_to_string(&p).unwrap(), "0\n");
-        assert!(r.write_sysctl("kernel.nosuch", "1").is_err());
+        assert!(matches!(
+            r.write_sysctl("kernel.nosuch", "1"),
+            Err(RemediateError::Io { op: "open", .. })
+        ));
         assert!(!d.path().join("proc/sys/kernel/nosuch").exists());
-        assert!(r.write_sysctl("../etc", "1").is_err());
+        assert!(
+            matches!(r.write_sysctl("../etc", "1"), Err(RemediateError::Refused { ref message, .. }) if message == "not a sysctl key")
+        );
     }
 }

@@ -923,7 +923,16 @@ mod tests {
         ]);
         let bytes = m.encode();
         for n in 0..bytes.len() {
-            assert!(Message::decode(&bytes[..n]).is_err(), "prefix {n}");
+            assert!(
+                matches!(
+                    Message::decode(&bytes[..n]),
+                    Err(IppError::Decode {
+                        reason: "truncated",
+                        ..
+                    })
+                ),
+                "prefix {n}"
+            );
         }
         assert!(Message::decode(&bytes).is_ok());
         // Garbage of every shape decodes or fails, never panics.
@@ -1034,7 +1043,10 @@ mod tests {
             "ipp://h/a b",
             "ipp://h/a\r\nX: y",
         ] {
-            assert!(IppUrl::parse(bad).is_err(), "{bad}");
+            assert!(
+                matches!(IppUrl::parse(bad), Err(IppError::BadUrl { .. })),
+                "{bad}"
+            );
         }
     }
 
@@ -1066,12 +1078,18 @@ mod tests {
             parse_http(b"HTTP/1.1 200 OK\r\nContent-Length: 99999999\r\n\r\n"),
             Err(IppError::TooLarge)
         ));
-        assert!(parse_http(b"SSH-2.0-x\r\n\r\n").is_err());
+        assert!(matches!(
+            parse_http(b"SSH-2.0-x\r\n\r\n"),
+            Err(IppError::Http("not an HTTP/1.x status line"))
+        ));
         assert_eq!(
             parse_http_at_eof(b"HTTP/1.0 200 OK\r\n\r\nxyz").unwrap(),
             b"xyz"
         );
-        assert!(parse_http_at_eof(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc").is_err());
+        assert!(matches!(
+            parse_http_at_eof(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc"),
+            Err(IppError::Http("connection closed before the end"))
+        ));
     }
 
     #[tokio::test]

@@ -880,6 +880,8 @@ mod tests {
         let e = run_with_timeout(&argv(&["sleep", "30"]), Duration::from_millis(100)).unwrap_err();
         assert!(e.contains("timed out"), "{e}");
         assert!(run_with_timeout(&argv(&["true"]), Duration::from_secs(5)).is_ok());
-        assert!(run_with_timeout(&argv(&["false"]), Duration::from_secs(5)).is_err());
+        assert!(
+            matches!(run_with_timeout(&argv(&["false"]), Duration::from_secs(5)), Err(ref e) if e.contains("exited with exit status: 1"))
+        );
     }
 }

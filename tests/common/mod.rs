@@ -24,6 +24,7 @@ pub fn mosquitto_bin() -> PathBuf {
     panic!("mosquitto is not installed: run scripts/test, which installs it");
 }
 
+/// A loopback TCP port nobody listens on right now, for a server the test starts.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -32,14 +33,95 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Waits until something accepts TCP connections on `port` (the broker is up).
-pub fn wait_port(port: u16) {
+/// A name no other call in this test process returns (client ids, log file names).
+pub fn unique(prefix: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}-{}-{n}", std::process::id())
+}
+
+/// Polls `cond` until it holds; the deadline only turns a hang into a failure naming `what`.
+/// For state that has no signal to await (a file written by another process, a log line).
+pub fn wait_until(what: &str, cond: impl FnMut() -> bool) {
+    wait_until_within(DEADLINE, what, cond)
+}
+
+/// `wait_until` for a wait that is longer by design (a real clock reaching a set time).
+pub fn wait_until_within(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        assert!(start.elapsed() < DEADLINE, "port {port} never opened");
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// `wait_until` for a value: polls until `probe` returns `Some`.
+pub fn wait_for_some<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let mut out = None;
+    wait_until(what, || {
+        out = probe();
+        out.is_some()
+    });
+    out.unwrap()
+}
+
+/// Waits until something accepts TCP connections on `port` (the broker is up).
+pub fn wait_port(port: u16) {
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_until(&format!("port {port} to open"), || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+    });
+}
+
+/// Lowercase hex SHA-256, as artifacts and key ids are named.
+pub fn sha256_hex(b: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, b).as_ref())
+}
+
+/// A fresh Ed25519 key: its PKCS#8 document (what `kiosk-admin keygen` writes) and the pair.
+pub fn ed25519_pkcs8() -> (Vec<u8>, ring::signature::Ed25519KeyPair) {
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+    (pkcs8.as_ref().to_vec(), pair)
+}
+
+/// One entry of a test archive.
+pub enum Entry<'a> {
+    /// A regular file, mode 0755.
+    File(&'a str, &'a [u8]),
+    /// A symbolic link `path -> target`.
+    Link(&'a str, &'a str),
+}
+
+/// A tar archive of `entries`, in order, built with the same crate the agent unpacks with.
+pub fn tar(entries: &[Entry<'_>]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for e in entries {
+        let mut h = tar::Header::new_gnu();
+        match e {
+            Entry::File(path, data) => {
+                h.set_size(data.len() as u64);
+                h.set_mode(0o755);
+                h.set_cksum();
+                b.append_data(&mut h, path, *data).unwrap();
+            }
+            Entry::Link(path, target) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_size(0);
+                h.set_mode(0o777);
+                b.append_link(&mut h, path, target).unwrap();
+            }
+        }
+    }
+    b.into_inner().unwrap()
+}
+
+/// `raw` gzip-compressed at `level` (`none()` keeps large payloads at their size on the wire).
+pub fn gzip(raw: &[u8], level: flate2::Compression) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), level);
+    e.write_all(raw).unwrap();
+    e.finish().unwrap()
 }
 
 pub struct Broker {
@@ -139,7 +221,7 @@ pub struct Platform {
 
 impl Platform {
     pub fn connect(port: u16, filter: &str) -> Self {
-        Self::connect_opts(port, filter, &format!("platform-{}", free_port()), true)
+        Self::connect_opts(port, filter, &unique("platform"), true)
     }
 
     /// A platform with a persistent session: QoS 1 messages published while it is away (a
@@ -263,9 +345,7 @@ pub struct Key {
 pub fn key() -> Key {
     use base64::Engine as _;
     use ring::signature::KeyPair as _;
-    let rng = ring::rand::SystemRandom::new();
-    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
-    let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+    let (_, pair) = ed25519_pkcs8();
     let public = pair.public_key().as_ref().to_vec();
     Key {
         keyid: kiosk_agent::trust::keyid_of(&public),
@@ -415,7 +495,7 @@ impl Agent {
     }
 
     fn spawn(mut cmd: Command, config: &Path, env: &[(&str, &str)]) -> Self {
-        let log = config.with_extension(format!("log.{}", free_port()));
+        let log = config.with_extension(unique("log"));
         let f = std::fs::File::create(&log).unwrap();
         cmd.env_remove("NOTIFY_SOCKET")
             .env_remove("JOURNAL_STREAM")
@@ -441,18 +521,10 @@ impl Agent {
     }
 
     pub fn wait(&mut self) -> ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "agent did not exit; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let child = &mut self.child;
+        let log = self.log.clone();
+        let what = format!("the agent to exit (log {})", log.display());
+        wait_for_some(&what, || child.try_wait().unwrap())
     }
 
     pub fn stop(mut self) -> ExitStatus {
@@ -470,15 +542,9 @@ impl Drop for Agent {
 
 /// Waits until the agent's socket answers (it is bound before READY).
 pub fn wait_socket(path: &Path) {
-    let start = Instant::now();
-    while std::os::unix::net::UnixStream::connect(path).is_err() {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "socket {} never came up",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(&format!("socket {} to come up", path.display()), || {
+        std::os::unix::net::UnixStream::connect(path).is_ok()
+    });
 }
 
 /// One request on the local socket.
@@ -493,6 +559,23 @@ pub fn write(path: &Path, text: &str) {
     }
     let mut f = std::fs::File::create(path).unwrap();
     f.write_all(text.as_bytes()).unwrap();
+}
+
+/// Makes the agent raise an event now (a maintenance switch through its socket) and waits for
+/// it on the platform's side. Events arrive in seq order, so once this one is in, every event
+/// raised before it is in too: a check that something was *not* raised is then conclusive,
+/// where one made right after a `drain` passes if the unwanted event comes a moment later.
+/// `reason` must differ from any earlier switch's in the test.
+pub fn event_barrier(platform: &mut Platform, sock: &Path, on: bool, reason: &str) -> Value {
+    let r = socket_call(
+        sock,
+        &serde_json::json!({"op": "maintenance", "on": on, "reason": reason}),
+    );
+    assert_eq!(r["ok"], true, "{r:#}");
+    let reason = reason.to_string();
+    platform.wait_json("/events", move |v| {
+        v["code"] == "maintenance.changed" && v["details"]["reason"] == reason.as_str()
+    })
 }
 
 /// A signed-command document (docs/protocol.md §5) for the tests to sign.

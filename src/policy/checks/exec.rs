@@ -91,7 +91,11 @@ mod tests {
         assert_eq!(bad.evaluate(&ctx).status, CheckStatus::Fail);
         let missing = Exec::build(json!({"cmd":["nope"]})).unwrap();
         assert_eq!(missing.evaluate(&ctx).status, CheckStatus::Error);
-        assert!(Exec::build(json!({"cmd":[]})).is_err());
-        assert!(Exec::build(json!({"cmd":["x"],"timeout_s":0})).is_err());
+        assert!(
+            matches!(Exec::build(json!({"cmd":[]})), Err(ref e) if e.contains("cmd must be a non-empty argv"))
+        );
+        assert!(
+            matches!(Exec::build(json!({"cmd":["x"],"timeout_s":0})), Err(ref e) if e.contains("timeout_s must be 1..600"))
+        );
     }
 }

@@ -74,6 +74,8 @@ mod tests {
         let o = c.evaluate(&ctx);
         assert_eq!(o.status, CheckStatus::Fail);
         assert_eq!(o.observed["kind"], "symlink");
-        assert!(FileAbsent::build(json!({"path":"relative"})).is_err());
+        assert!(
+            matches!(FileAbsent::build(json!({"path":"relative"})), Err(ref e) if e.contains("path must be an absolute path"))
+        );
     }
 }

@@ -173,7 +173,11 @@ mod tests {
             FileContains::build(json!({"path":"/etc/none","pattern":"x","expect":"present"}))
                 .unwrap();
         assert_eq!(present.evaluate(&ctx).status, CheckStatus::Fail);
-        assert!(FileContains::build(json!({"path":"/x","pattern":"(","expect":"absent"})).is_err());
-        assert!(FileContains::build(json!({"path":"/x","pattern":"x","expect":"maybe"})).is_err());
+        assert!(
+            matches!(FileContains::build(json!({"path":"/x","pattern":"(","expect":"absent"})), Err(ref e) if e.contains("pattern: regex parse error"))
+        );
+        assert!(
+            matches!(FileContains::build(json!({"path":"/x","pattern":"x","expect":"maybe"})), Err(ref e) if e.contains("expect must be present or absent"))
+        );
     }
 }

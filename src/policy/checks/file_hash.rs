@@ -100,6 +100,8 @@ mod tests {
         assert_ne!(o.observed, json!(ABC));
         let gone = FileHash::build(json!({"path":"/nope","sha256":ABC})).unwrap();
         assert_eq!(gone.evaluate(&ctx).status, CheckStatus::Fail);
-        assert!(FileHash::build(json!({"path":"/x","sha256":"abc"})).is_err());
+        assert!(
+            matches!(FileHash::build(json!({"path":"/x","sha256":"abc"})), Err(ref e) if e.contains("sha256 must be 64 hex digits"))
+        );
     }
 }

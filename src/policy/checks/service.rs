@@ -173,7 +173,11 @@ mod tests {
         );
         let unknown = Service::build(json!({"unit":"x.service","active":true})).unwrap();
         assert_eq!(unknown.evaluate(&ctx).status, CheckStatus::Error);
-        assert!(Service::build(json!({"unit":"../x.service","masked":true})).is_err());
-        assert!(Service::build(json!({"unit":"x.service"})).is_err());
+        assert!(
+            matches!(Service::build(json!({"unit":"../x.service","masked":true})), Err(ref e) if e.contains("is not a unit name"))
+        );
+        assert!(
+            matches!(Service::build(json!({"unit":"x.service"})), Err(ref e) if e.contains("give at least one of masked, enabled, active"))
+        );
     }
 }

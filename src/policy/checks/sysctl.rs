@@ -149,7 +149,10 @@ mod tests {
         let c = Sysctl::build(json!({"key":"kernel.kptr_restrict","value":1})).unwrap();
         assert_eq!(c.evaluate(&ctx).status, CheckStatus::Error);
         let rem = FsRemediator::new(fx.host.clone());
-        assert!(c.remediate(&ctx, &rem).is_err());
+        assert!(matches!(
+            c.remediate(&ctx, &rem),
+            Err(RemediateError::Io { op: "open", .. })
+        ));
         assert_eq!(fx.read(DROPIN), "kernel.sysrq = 0\n");
         // and with no drop-in before, none after
         let fx = Fx::new(&[]);
@@ -158,14 +161,23 @@ mod tests {
             host: &fx.host,
             runner: &r,
         };
-        assert!(c.remediate(&ctx, &rem).is_err());
+        assert!(matches!(
+            c.remediate(&ctx, &rem),
+            Err(RemediateError::Io { op: "open", .. })
+        ));
         assert!(!fx.host.resolve(DROPIN).exists());
     }
 
     #[test]
     fn bad_keys_are_refused() {
-        assert!(Sysctl::build(json!({"key":"../../etc/passwd","value":1})).is_err());
-        assert!(Sysctl::build(json!({"key":"kernel..x","value":1})).is_err());
-        assert!(Sysctl::build(json!({"key":"kernel.x","value":[1]})).is_err());
+        assert!(
+            matches!(Sysctl::build(json!({"key":"../../etc/passwd","value":1})), Err(ref e) if e.contains("is not a dotted sysctl name"))
+        );
+        assert!(
+            matches!(Sysctl::build(json!({"key":"kernel..x","value":1})), Err(ref e) if e.contains("is not a dotted sysctl name"))
+        );
+        assert!(
+            matches!(Sysctl::build(json!({"key":"kernel.x","value":[1]})), Err(ref e) if e.contains("value must be a string or number"))
+        );
     }
 }
