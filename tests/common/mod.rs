@@ -565,17 +565,20 @@ pub fn write(path: &Path, text: &str) {
 /// it on the platform's side. Events arrive in seq order, so once this one is in, every event
 /// raised before it is in too: a check that something was *not* raised is then conclusive,
 /// where one made right after a `drain` passes if the unwanted event comes a moment later.
-/// `reason` must differ from any earlier switch's in the test.
+/// The platform must subscribe to the terminal's events.
 pub fn event_barrier(platform: &mut Platform, sock: &Path, on: bool, reason: &str) -> Value {
     let r = socket_call(
         sock,
         &serde_json::json!({"op": "maintenance", "on": on, "reason": reason}),
     );
     assert_eq!(r["ok"], true, "{r:#}");
-    let reason = reason.to_string();
-    platform.wait_json("/events", move |v| {
-        v["code"] == "maintenance.changed" && v["details"]["reason"] == reason.as_str()
-    })
+    // The switch's event is recorded before the answer; the newest recorded event is it, or a
+    // later one, and either proves the point.
+    let latest = socket_call(sock, &serde_json::json!({"op": "events", "limit": 1}));
+    let seq = latest["data"]["events"][0]["seq"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no event recorded: {latest:#}"));
+    platform.wait_json("/events", move |v| v["seq"].as_u64() == Some(seq))
 }
 
 /// A signed-command document (docs/protocol.md §5) for the tests to sign.
