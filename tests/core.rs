@@ -293,3 +293,60 @@ fn socket_status_health_inspect_and_maintenance() {
     let st = socket_call(&sock, &json!({"op": "status"}));
     assert_eq!(st["data"]["maintenance"]["on"], true);
 }
+
+#[test]
+fn kioskctl_names_the_os_error_once_and_empty_states_are_not_errors() {
+    let kioskctl = |sock: &std::path::Path, args: &[&str]| {
+        std::process::Command::new(kioskctl_bin())
+            .arg("--socket")
+            .arg(sock)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // No agent behind the path: one line, the OS error once, a hint that fits it.
+    let nowhere = tempfile::tempdir().unwrap();
+    let out = kioskctl(&nowhere.path().join("kioskctl.sock"), &["status"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    assert!(err.contains("is kiosk-agent running?"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    let broker = Broker::start();
+    let mut platform = Platform::connect(broker.port, "kiosk/v1/t/#");
+    let term = Terminal::new("sz-ft-0006");
+    let agent = Agent::start(&term.config(&broker.url(), PROBE));
+    platform.wait_json("/state", |v| v["status"] == "online");
+    wait_socket(&term.socket());
+    let sock = term.socket();
+    for (args, says) in [
+        (&["compliance"][..], "No compliance report yet"),
+        (&["catalog"][..], "No service-item catalog yet"),
+        (&["patrol", "--history"][..], "No patrol reports yet"),
+    ] {
+        let out = kioskctl(&sock, args);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{args:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains(says), "{args:?}: {text}");
+    }
+    let out = kioskctl(&sock, &["--json", "compliance"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "null");
+
+    // Publishing a patrol says so, and the report is on the platform's side.
+    let out = kioskctl(&sock, &["inspect", "--publish", "--lang", "en"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("Recorded in the patrol history as report #1 and published on kiosk/v1/t/sz-ft-0006/patrol"),
+        "{text}"
+    );
+    let report = platform.wait_json("/patrol", |_| true);
+    assert_eq!(report["seq"], 1);
+    assert_eq!(agent.stop().code(), Some(0));
+}
