@@ -225,7 +225,13 @@ fn package_installs_provisions_upgrades_removes_and_purges() {
         "config/policy/baseline.json",
     );
     assert_file("/usr/share/kiosk-agent/provision", 0o755);
-    for doc in ["copyright", "changelog.Debian.gz", "certificates.md"] {
+    for doc in [
+        "copyright",
+        "changelog.Debian.gz",
+        "certificates.md",
+        "protocol.md",
+        "security-baseline.md",
+    ] {
         assert_file(&format!("/usr/share/doc/{PKG}/{doc}"), 0o644);
     }
     if manifest("README.md").exists() {
