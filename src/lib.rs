@@ -27,7 +27,9 @@ pub mod state;
 pub mod telemetry;
 pub mod transport;
 pub mod trust;
+pub mod ui;
 pub mod update;
+pub mod usage;
 
 /// The agent's version as reported in state, health and patrol reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
