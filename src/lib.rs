@@ -23,6 +23,7 @@ pub mod patrol;
 pub mod policy;
 pub mod power;
 pub mod process;
+pub mod sideload;
 pub mod state;
 pub mod telemetry;
 pub mod transport;
