@@ -146,7 +146,6 @@ fn read_current(path: &Path) -> Result<Option<Current>, StateError> {
 impl Usage {
     /// Opens the counts (`usage_dir`) and the statistics outbox (`stats_dir`). A damaged
     /// counts file is reported and started afresh rather than stopping the agent.
-    #[allow(clippy::too_many_arguments)]
     pub fn open(
         usage_dir: &Path,
         stats_dir: &Path,
@@ -305,7 +304,7 @@ impl Usage {
                 "usage: duration_s must be at most {MAX_DURATION_S}"
             )));
         }
-        if !self.catalog_items()?.iter().any(|id| *id == r.item) {
+        if !self.catalog_items()?.contains(&r.item) {
             return Err(UsageError::UnknownItem(r.item));
         }
         let now = self.clock.now();
