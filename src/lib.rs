@@ -9,6 +9,11 @@
 //! (`catalog`, `policy`, `power`, `update`) acts → `control` reports back through `transport`.
 //! Shared pieces (`host`, `state`, `config`, `trust`) sit below the capabilities; capabilities
 //! never call each other and never touch the MQTT client.
+//!
+//! The kiosk UI's side: `usage` counts service-item sessions per local hour and hands closed
+//! hours to a second outbox the transport drains onto `stats`; `ui` watches the screen's
+//! heartbeat; a side-loaded document (`apply` on the socket, `sideload` bundles) enters
+//! `control` exactly where one from the broker would.
 
 pub mod api;
 pub mod app;

@@ -394,3 +394,97 @@ fn apply_from_a_read_group_peer_is_forbidden() {
     assert!(ok && out.contains("applied"), "{out}");
     assert_eq!(s.catalog_file(), doc);
 }
+
+#[test]
+fn a_side_loaded_trust_root_is_in_force_for_what_follows_it() {
+    let mut s = setup("sz-ft-0705", "");
+    let _agent = s.start();
+    let me = s.me();
+    let next = key();
+    let mut root = trust_doc(2, &[(&next, ALL_ROLES)], thresholds(1));
+    root["target"] = json!(me);
+    root["issued_at"] = json!("2026-11-29T08:00:00Z");
+    let root = serde_json::to_vec(&root).unwrap();
+    // Signed by the root in force and by the new one, as a rotation must be.
+    let r = s.apply("trust", &sign("trust", &root, &[&s.term.admin, &next]));
+    assert_eq!(r["data"]["status"], "applied", "{r}");
+    assert_eq!(r["data"]["version"], 2);
+    let old = s.apply(
+        "catalog",
+        &sign("catalog", &catalog(1, &me, "active"), &[&s.term.admin]),
+    );
+    assert_eq!(
+        old["error"]["code"], "unknown_key",
+        "the old key is retired: {old}"
+    );
+    let doc = catalog(1, &me, "active");
+    let r = s.apply("catalog", &sign("catalog", &doc, &[&next]));
+    assert_eq!(r["data"]["status"], "applied", "{r}");
+    assert_eq!(s.catalog_file(), doc);
+    s.platform.wait_json("/reported/trust", |v| {
+        v["status"] == "applied" && v["version"] == 2
+    });
+    // A kind outside the contract is a bad request, not a document.
+    let r = s.apply("firmware", &sign("catalog", &doc, &[&next]));
+    assert_eq!(r["error"]["code"], "invalid", "{r}");
+}
+
+#[test]
+fn kiosk_admin_bundle_refuses_an_artifact_that_does_not_match_its_document() {
+    let term = Terminal::new("sz-ft-0706");
+    let work = term.path("platform");
+    std::fs::create_dir_all(&work).unwrap();
+    let art = release_tar_gz();
+    std::fs::write(work.join("ui.tar.gz"), &art).unwrap();
+    let doc = |url: &str, sha: &str| {
+        serde_json::to_vec(&json!({
+            "kind": "app", "version": 1, "target": "all", "issued_at": "2026-11-29T08:00:00Z",
+            "name": "kiosk-ui", "release": "2.4.0",
+            "artifact": {"url": url, "sha256": sha, "size": art.len(), "format": "tar.gz"},
+        }))
+        .unwrap()
+    };
+    let sha = hex::encode(ring::digest::digest(&ring::digest::SHA256, &art).as_ref());
+    let run = |bytes: &[u8], out: &str| {
+        let env = work.join("app.env");
+        std::fs::write(&env, sign("app", bytes, &[&term.admin])).unwrap();
+        let o = Command::new(admin_bin())
+            .args(["bundle", "--mount", "/media/kiosk-usb", "--artifact"])
+            .arg(work.join("ui.tar.gz"))
+            .arg("--out")
+            .arg(term.path(out))
+            .arg(&env)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    };
+    let (ok, err) = run(
+        &doc(
+            "file:///media/kiosk-usb/artifacts/ui.tar.gz",
+            &"0".repeat(64),
+        ),
+        "b1",
+    );
+    assert!(
+        !ok && err.contains("does not match the signed sha256"),
+        "{err}"
+    );
+    let (ok, err) = run(&doc("file:///mnt/elsewhere/ui.tar.gz", &sha), "b2");
+    assert!(
+        !ok && err.contains("file:///media/kiosk-usb/artifacts/ui.tar.gz"),
+        "{err}"
+    );
+    assert!(
+        !term.path("b1").exists() && !term.path("b2").exists(),
+        "nothing written"
+    );
+    let (ok, err) = run(
+        &doc("file:///media/kiosk-usb/artifacts/ui.tar.gz", &sha),
+        "b3",
+    );
+    assert!(ok, "{err}");
+    assert!(term.path("b3/app-kiosk-ui.dsse").is_file());
+}
