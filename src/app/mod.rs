@@ -68,7 +68,8 @@ pub async fn run(cfg: Config, clock: SharedClock) -> Result<(), AppError> {
     };
     let (inbound_tx, inbound_rx) = mpsc::channel::<Inbound>(256);
     let (transport, publisher) = Transport::new(&cfg, &identity, events.clone(), inbound_tx)?;
-    let ui = crate::ui::UiWatch::new(cfg.ui.heartbeat_timeout_s, events.clone(), clock.clone());
+    let ui = crate::ui::UiWatch::new(cfg.ui.heartbeat_timeout_s, events.clone(), clock.clone())
+        .muted_by(maintenance.clone());
     let telemetry = Arc::new(Telemetry::new(
         &cfg,
         events.clone(),

@@ -6,6 +6,8 @@
 //! `ui.unresponsive` (major) and the next heartbeat `ui.recovered`; while it lasts the fault is
 //! an item of `status`, health and the patrol checklist (`ui.heartbeat`, kind `heartbeat`). The
 //! timer runs on tokio's monotonic time, so a clock step never raises it and tests pause time.
+//! In maintenance mode (a technician restarting the UI) the fault is shown but not announced,
+//! and a recovery is announced only after an announced fault.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -45,6 +47,8 @@ struct State {
     last_at: Option<String>,
     screen: Option<String>,
     unresponsive: bool,
+    /// `ui.unresponsive` was sent for the current fault.
+    announced: bool,
 }
 
 /// Shared by the socket (heartbeats), the timer task and telemetry (the fault item).
@@ -55,6 +59,7 @@ pub struct UiWatch {
     beat: Arc<Notify>,
     events: EventSink,
     clock: SharedClock,
+    maintenance: Option<crate::maintenance::Maintenance>,
 }
 
 impl std::fmt::Debug for UiWatch {
@@ -78,11 +83,19 @@ impl UiWatch {
                 last_at: None,
                 screen: None,
                 unresponsive: false,
+                announced: false,
             })),
             beat: Arc::new(Notify::new()),
             events,
             clock,
+            maintenance: None,
         }
+    }
+
+    /// Faults found while maintenance mode is on are not announced.
+    pub fn muted_by(mut self, m: crate::maintenance::Maintenance) -> Self {
+        self.maintenance = Some(m);
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -100,7 +113,8 @@ impl UiWatch {
         }
         let now = rfc3339(self.clock.now());
         let mut st = self.lock();
-        let was_down = st.unresponsive;
+        let was_down = st.unresponsive && st.announced;
+        st.announced = false;
         st.last = Instant::now();
         st.last_at = Some(now.clone());
         st.screen = b.screen.clone();
@@ -182,6 +196,10 @@ impl UiWatch {
                 continue;
             }
             st.unresponsive = true;
+            st.announced = !self.maintenance.as_ref().is_some_and(|m| m.is_on());
+            if !st.announced {
+                continue;
+            }
             let (screen, last_at) = (st.screen.clone(), st.last_at.clone());
             drop(st);
             self.events.emit(
@@ -260,6 +278,27 @@ mod tests {
         assert!(w.item().unwrap().ok);
         cancel.cancel();
         task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_maintenance_the_fault_shows_but_is_not_announced() {
+        let d = tempfile::tempdir().unwrap();
+        let m = crate::maintenance::Maintenance::load(
+            crate::state::StateStore::open(d.path().join("state")).unwrap(),
+        );
+        let w = watch(d.path(), 10).muted_by(m.clone());
+        m.switch(true, "restarting the UI", "local:0", w.clock.now(), &w.events)
+            .unwrap();
+        let before = codes(&w);
+        let task = tokio::spawn(w.clone().run(CancellationToken::new()));
+        settle().await;
+        tokio::time::advance(Duration::from_secs(11)).await;
+        settle().await;
+        assert!(w.is_unresponsive() && !w.item().unwrap().ok);
+        w.heartbeat(&json!({"op": "heartbeat", "who": "ui", "screen": "home"}))
+            .unwrap();
+        assert_eq!(codes(&w), before, "neither raised nor recovered");
+        task.abort();
     }
 
     #[tokio::test(start_paused = true)]
