@@ -287,8 +287,14 @@ mod tests {
             crate::state::StateStore::open(d.path().join("state")).unwrap(),
         );
         let w = watch(d.path(), 10).muted_by(m.clone());
-        m.switch(true, "restarting the UI", "local:0", w.clock.now(), &w.events)
-            .unwrap();
+        m.switch(
+            true,
+            "restarting the UI",
+            "local:0",
+            w.clock.now(),
+            &w.events,
+        )
+        .unwrap();
         let before = codes(&w);
         let task = tokio::spawn(w.clone().run(CancellationToken::new()));
         settle().await;
