@@ -17,6 +17,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::{Notify, broadcast};
@@ -80,6 +81,18 @@ pub struct Event {
     pub level: Option<String>,
 }
 
+impl Record for Event {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+/// What an outbox can hold: a JSON line with a sequence number assigned at push time. Events
+/// and usage statistics share the same durability and delivery machinery.
+pub trait Record: Serialize + DeserializeOwned + Clone {
+    fn seq(&self) -> u64;
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EventsError {
     #[error("event queue {path}: {source}")]
@@ -99,12 +112,13 @@ struct Meta {
     last_seq: u64,
 }
 
-/// The durable, bounded, ordered queue. Single owner: `EventSink` (behind a mutex).
+/// The durable, bounded, ordered queue. Single owner: `EventSink` (behind a mutex) for events,
+/// the usage recorder for statistics.
 #[derive(Debug)]
-pub struct Outbox {
+pub struct Outbox<T = Event> {
     dir: PathBuf,
     log: File,
-    queue: VecDeque<Event>,
+    queue: VecDeque<T>,
     meta: Meta,
     capacity: usize,
     /// Lines in the log file that are already acknowledged (compaction trigger).
@@ -122,7 +136,7 @@ pub struct Recovery {
 const LOG: &str = "queue.jsonl";
 const META: &str = "meta.json";
 
-impl Outbox {
+impl<T: Record> Outbox<T> {
     pub fn open(dir: &Path, capacity: usize) -> Result<(Self, Recovery), EventsError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
@@ -151,17 +165,17 @@ impl Outbox {
                 if line.is_empty() {
                     continue;
                 }
-                match serde_json::from_slice::<Event>(&line) {
+                match serde_json::from_slice::<T>(&line) {
                     // Keep order strictly increasing: a line that goes backwards is corrupt.
                     Ok(ev)
-                        if ev.seq > meta.acked_seq
-                            && queue.back().is_none_or(|b: &Event| ev.seq > b.seq) =>
+                        if ev.seq() > meta.acked_seq
+                            && queue.back().is_none_or(|b: &T| ev.seq() > b.seq()) =>
                     {
-                        last_seq = last_seq.max(ev.seq);
+                        last_seq = last_seq.max(ev.seq());
                         queue.push_back(ev);
                     }
-                    Ok(ev) if ev.seq <= meta.acked_seq => {
-                        last_seq = last_seq.max(ev.seq);
+                    Ok(ev) if ev.seq() <= meta.acked_seq => {
+                        last_seq = last_seq.max(ev.seq());
                         stale += 1;
                     }
                     _ => rec.corrupt_lines += 1,
@@ -203,18 +217,23 @@ impl Outbox {
         self.queue.len()
     }
 
-    /// Appends an event (seq must be `next_seq()`); returns the (count, first, last) dropped
+    /// Highest seq ever assigned (0 before the first).
+    pub fn last_seq(&self) -> u64 {
+        self.meta.last_seq
+    }
+
+    /// Appends a record (seq must be `next_seq()`); returns the (count, first, last) dropped
     /// to make room, if any.
-    fn push(&mut self, ev: Event) -> Result<Option<(usize, u64, u64)>, EventsError> {
+    pub fn push(&mut self, ev: T) -> Result<Option<(usize, u64, u64)>, EventsError> {
         let mut dropped = None;
         if self.queue.len() >= self.capacity {
             // At least two, so the `events.dropped` event that follows always fits.
             let n = (self.capacity / 10).max(2);
-            let first = self.queue.front().map(|e| e.seq).unwrap_or(0);
+            let first = self.queue.front().map(Record::seq).unwrap_or(0);
             let mut last = first;
             for _ in 0..n {
                 if let Some(e) = self.queue.pop_front() {
-                    last = e.seq;
+                    last = e.seq();
                 }
             }
             // Dropped events count as acknowledged: they will never be sent.
@@ -231,7 +250,7 @@ impl Outbox {
                 path: log_path,
                 source,
             })?;
-        self.meta.last_seq = ev.seq;
+        self.meta.last_seq = ev.seq();
         self.queue.push_back(ev);
         if dropped.is_some() {
             self.compact()?;
@@ -239,8 +258,8 @@ impl Outbox {
         Ok(dropped)
     }
 
-    /// The first `n` unacknowledged events, oldest first.
-    pub fn head(&self, n: usize) -> Vec<Event> {
+    /// The first `n` unacknowledged records, oldest first.
+    pub fn head(&self, n: usize) -> Vec<T> {
         self.queue.iter().take(n).cloned().collect()
     }
 
@@ -254,8 +273,8 @@ impl Outbox {
         delivered.insert(seq);
         let mut moved = false;
         while let Some(front) = self.queue.front() {
-            if delivered.remove(&front.seq) {
-                self.meta.acked_seq = front.seq;
+            if delivered.remove(&front.seq()) {
+                self.meta.acked_seq = front.seq();
                 self.queue.pop_front();
                 self.stale_lines += 1;
                 moved = true;
@@ -298,6 +317,60 @@ impl Outbox {
             })?;
         self.stale_lines = 0;
         Ok(())
+    }
+}
+
+/// An outbox shared by its one producer and the transport that drains it (usage statistics
+/// use one beside the events'): same durability, same in-order, at-least-once delivery.
+pub struct SharedOutbox<T> {
+    inner: Arc<Mutex<Outbox<T>>>,
+    /// Woken when there is something new to publish.
+    pub wakeup: Arc<Notify>,
+}
+
+impl<T> Clone for SharedOutbox<T> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            wakeup: self.wakeup.clone(),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for SharedOutbox<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedOutbox").finish_non_exhaustive()
+    }
+}
+
+impl<T: Record> SharedOutbox<T> {
+    pub fn new(outbox: Outbox<T>) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(outbox)),
+            wakeup: Arc::new(Notify::new()),
+        }
+    }
+
+    /// The queue itself, for its producer. Every write is append+fsync or atomic, so a panic
+    /// while holding the lock leaves a usable state.
+    pub fn lock(&self) -> MutexGuard<'_, Outbox<T>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn pending(&self) -> usize {
+        self.lock().pending()
+    }
+
+    /// Up to `n` records not yet acknowledged, oldest first.
+    pub fn unacked_head(&self, n: usize) -> Vec<T> {
+        self.lock().head(n)
+    }
+
+    /// Records the broker's acknowledgement of `seq`.
+    pub fn ack(&self, seq: u64, delivered: &mut std::collections::BTreeSet<u64>) {
+        if let Err(e) = self.lock().ack(seq, delivered) {
+            tracing::error!(error = %e, seq, "cannot record an acknowledgement; it will be sent again");
+        }
     }
 }
 

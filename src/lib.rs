@@ -9,6 +9,11 @@
 //! (`catalog`, `policy`, `power`, `update`) acts → `control` reports back through `transport`.
 //! Shared pieces (`host`, `state`, `config`, `trust`) sit below the capabilities; capabilities
 //! never call each other and never touch the MQTT client.
+//!
+//! The kiosk UI's side: `usage` counts service-item sessions per local hour and hands closed
+//! hours to a second outbox the transport drains onto `stats`; `ui` watches the screen's
+//! heartbeat; a side-loaded document (`apply` on the socket, `sideload` bundles) enters
+//! `control` exactly where one from the broker would.
 
 pub mod api;
 pub mod app;
@@ -23,11 +28,14 @@ pub mod patrol;
 pub mod policy;
 pub mod power;
 pub mod process;
+pub mod sideload;
 pub mod state;
 pub mod telemetry;
 pub mod transport;
 pub mod trust;
+pub mod ui;
 pub mod update;
+pub mod usage;
 
 /// The agent's version as reported in state, health and patrol reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

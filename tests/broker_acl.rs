@@ -285,6 +285,7 @@ fn a_terminal_publishes_only_under_its_own_subtree() {
         t(A, "compliance"),
         t(A, "replies"),
         t(A, "patrol"),
+        t(A, "stats"),
     ];
     for topic in &allowed {
         a.publish(topic, false);

@@ -17,9 +17,12 @@ pub const READ_OPS: &[&str] = &[
     "subscribe",
     "inhibit",
     "release",
+    "usage",
+    "usage_today",
+    "heartbeat",
 ];
 /// Ops only root or `local.admin_group` may use.
-pub const ADMIN_OPS: &[&str] = &["maintenance", "compliance_scan"];
+pub const ADMIN_OPS: &[&str] = &["maintenance", "compliance_scan", "apply"];
 
 /// Who is on the other end of a connection, from `SO_PEERCRED`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -47,6 +47,8 @@ pub enum AppError {
     Updates(#[from] InstallError),
     #[error("patrol history: {0}")]
     Patrol(#[from] crate::patrol::PatrolError),
+    #[error("usage statistics: {0}")]
+    Usage(#[from] crate::usage::UsageError),
 }
 
 /// Where the package installs the provisioning script; named in the hints of an unprovisioned
@@ -72,12 +74,15 @@ pub async fn run(cfg: Config, clock: SharedClock) -> Result<(), AppError> {
     };
     let (inbound_tx, inbound_rx) = mpsc::channel::<Inbound>(256);
     let (transport, publisher) = Transport::new(&cfg, &identity, events.clone(), inbound_tx)?;
+    let ui = crate::ui::UiWatch::new(cfg.ui.heartbeat_timeout_s, events.clone(), clock.clone())
+        .muted_by(maintenance.clone());
     let telemetry = Arc::new(Telemetry::new(
         &cfg,
         events.clone(),
         maintenance.clone(),
         clock.clone(),
     ));
+    telemetry.set_ui(ui.clone());
     let server = Server::bind(
         &cfg.paths.socket,
         Groups {
@@ -161,6 +166,26 @@ pub async fn run(cfg: Config, clock: SharedClock) -> Result<(), AppError> {
     )?;
     tracker.spawn(update_worker.run(cancel.clone()));
 
+    // Usage periods are local hours of the schedule's zone; UTC until a schedule is in force.
+    let usage_power = power.clone();
+    let usage = crate::usage::Usage::open(
+        &store.path("usage"),
+        &store.path("stats"),
+        crate::catalog::path(&cfg.paths.state_dir),
+        &cfg.terminal.id,
+        clock.clone(),
+        Arc::new(move || {
+            usage_power
+                .schedule()
+                .and_then(|s| jiff::tz::TimeZone::get(s.timezone()).ok())
+                .unwrap_or(jiff::tz::TimeZone::UTC)
+        }),
+        events.clone(),
+    )?;
+    let transport = transport.with_stats(usage.outbox());
+    tracker.spawn(usage.clone().run(cancel.clone()));
+    tracker.spawn(ui.clone().run(cancel.clone()));
+
     let (patrol, patrol_rx) = crate::patrol::PatrolHandle::channel();
     let runner = patrol::PatrolRunner {
         store: crate::patrol::PatrolStore::open(store.path("patrol"))?,
@@ -193,8 +218,10 @@ pub async fn run(cfg: Config, clock: SharedClock) -> Result<(), AppError> {
         policy: policy.clone(),
         updates,
         patrol: patrol.clone(),
+        usage: usage.clone(),
     })?;
     control.restore();
+    let control_handle = control.handle();
     tracing::info!(trust_version = control.trust_version(), "trust root loaded");
 
     let ops = Arc::new(ops::LocalOps {
@@ -208,6 +235,9 @@ pub async fn run(cfg: Config, clock: SharedClock) -> Result<(), AppError> {
         power: power.clone(),
         policy,
         patrol,
+        usage,
+        ui,
+        control: control_handle,
     });
     tracker.spawn(transport.run(cancel.clone()));
     tracker.spawn(telemetry.clone().run(publisher.clone(), cancel.clone()));

@@ -29,6 +29,9 @@ pub(super) struct LocalOps {
     pub(super) power: PowerHandle,
     pub(super) policy: PolicyHandle,
     pub(super) patrol: crate::patrol::PatrolHandle,
+    pub(super) usage: crate::usage::Usage,
+    pub(super) ui: crate::ui::UiWatch,
+    pub(super) control: crate::control::ControlHandle,
 }
 
 impl LocalOps {
@@ -51,6 +54,48 @@ impl LocalOps {
             "events_pending": self.events.pending(),
             "faults": faults,
         })
+    }
+}
+
+impl LocalOps {
+    /// `{"op": "apply", "kind", "envelope": {…}}`: the reply is the `reported/{kind}` the
+    /// document produced; a refusal is an error whose code is the reason (`rollback`,
+    /// `bad_signature`, `wrong_target`, ...), carrying the report too.
+    async fn apply(&self, req: &Value) -> Value {
+        let Some(kind) = req.get("kind").and_then(Value::as_str) else {
+            return proto::error("invalid", "apply needs \"kind\" and \"envelope\"");
+        };
+        let Some(envelope) = req.get("envelope").filter(|e| e.is_object()) else {
+            return proto::error(
+                "invalid",
+                "apply needs \"envelope\": a DSSE envelope object",
+            );
+        };
+        if let Some(extra) = req.as_object().and_then(|o| {
+            o.keys()
+                .find(|k| !["op", "kind", "envelope"].contains(&k.as_str()))
+        }) {
+            return proto::error("invalid", format!("apply: unknown field {extra:?}"));
+        }
+        let bytes = envelope.to_string().into_bytes();
+        let Some(report) = self.control.apply(kind, bytes).await else {
+            return proto::error("unavailable", "the agent is stopping");
+        };
+        match report["status"].as_str() {
+            Some("rejected") => {
+                let code = report["details"]["reason"].as_str().unwrap_or("rejected");
+                let mut e = proto::error(code, report["message"].as_str().unwrap_or(""));
+                e["error"]["report"] = report;
+                e
+            }
+            Some("invalid") => proto::error("invalid", report["message"].as_str().unwrap_or("")),
+            Some("failed") => {
+                let mut e = proto::error("failed", report["message"].as_str().unwrap_or(""));
+                e["error"]["report"] = report;
+                e
+            }
+            _ => proto::ok(report),
+        }
     }
 }
 
@@ -165,6 +210,16 @@ impl Handler for LocalOps {
                 self.power.release(conn.id);
                 proto::ok(json!({"held": false}))
             }
+            "usage" => match self.usage.record(req) {
+                Ok(v) => proto::ok(v),
+                Err(e) => proto::error(e.code(), e.to_string()),
+            },
+            "usage_today" => proto::ok(self.usage.today()),
+            "heartbeat" => match self.ui.heartbeat(req) {
+                Ok(v) => proto::ok(v),
+                Err(e) => proto::error("invalid", e.to_string()),
+            },
+            "apply" => self.apply(req).await,
             other => proto::error(
                 "unavailable",
                 format!("{other} is not available in this agent version"),

@@ -62,6 +62,25 @@ enum Cmd {
         target: Option<String>,
         envelope: PathBuf,
     },
+    /// Write a side-loading bundle (a USB stick) for `kioskctl apply DIR`: each envelope copied
+    /// byte for byte as KIND.dsse / app-NAME.dsse, each --artifact under artifacts/. Nothing
+    /// signed is rewritten: an app document must already point at the file:// path the stick
+    /// will have on the kiosk (see --mount).
+    Bundle {
+        /// Directory to write (created; existing envelope files are not overwritten).
+        #[arg(long)]
+        out: PathBuf,
+        /// An application artifact an app document refers to by file:// URL; repeatable.
+        #[arg(long = "artifact")]
+        artifacts: Vec<PathBuf>,
+        /// Where the bundle directory will be mounted on the kiosk, e.g. /media/kiosk-usb: each
+        /// app document's URL must then be file://MOUNT/artifacts/FILE.
+        #[arg(long)]
+        mount: Option<PathBuf>,
+        /// Signed envelopes (trust, policy, schedule, catalog, app), in any order.
+        #[arg(required = true)]
+        envelopes: Vec<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -84,7 +103,134 @@ fn run(cli: Cli) -> Result<()> {
             target,
             envelope,
         } => verify(&trust, role, target.as_deref(), &envelope),
+        Cmd::Bundle {
+            out,
+            artifacts,
+            mount,
+            envelopes,
+        } => bundle(&out, &artifacts, mount.as_deref(), &envelopes),
     }
+}
+
+/// See `kiosk_agent::sideload` for the layout.
+fn bundle(
+    out: &Path,
+    artifacts: &[PathBuf],
+    mount: Option<&Path>,
+    envelopes: &[PathBuf],
+) -> Result<()> {
+    use kiosk_agent::sideload;
+    let mut planned: Vec<(String, PathBuf, Vec<u8>)> = Vec::new();
+    let mut wanted: Vec<(String, kiosk_agent::update::doc::Artifact)> = Vec::new();
+    for path in envelopes {
+        let raw = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let env = kiosk_agent::trust::Envelope::parse(&raw, DEFAULT_MAX_BYTES)
+            .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        let role = env
+            .payload_type
+            .strip_prefix("application/vnd.kiosk.")
+            .and_then(|r| r.strip_suffix("+json"))
+            .and_then(|r| r.parse::<Role>().ok())
+            .with_context(|| {
+                format!(
+                    "{}: payloadType {:?} is not a kiosk role",
+                    path.display(),
+                    env.payload_type
+                )
+            })?;
+        let kind = match role {
+            Role::Trust | Role::Policy | Role::Schedule | Role::Catalog => {
+                role.as_str().to_string()
+            }
+            Role::App => {
+                let doc = kiosk_agent::update::AppDoc::parse(&env.payload)
+                    .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+                wanted.push((doc.name.clone(), doc.artifact.clone()));
+                format!("app/{}", doc.name)
+            }
+            other => bail!(
+                "{}: a {other} envelope cannot be side-loaded",
+                path.display()
+            ),
+        };
+        if planned.iter().any(|(k, _, _)| *k == kind) {
+            bail!(
+                "{}: a second {kind} envelope; a bundle holds one per kind",
+                path.display()
+            );
+        }
+        planned.push((kind, path.clone(), raw));
+    }
+    // Every file:// artifact must be given and match its document, and sit where the URL says.
+    let mut copies = Vec::new();
+    for (name, a) in &wanted {
+        let Some(url_path) = a.url.strip_prefix("file://") else {
+            eprintln!(
+                "kiosk-admin: note: app {name} is fetched from {} (not from the stick)",
+                a.url
+            );
+            continue;
+        };
+        let file = Path::new(url_path)
+            .file_name()
+            .with_context(|| format!("app {name}: {} names no file", a.url))?;
+        let src = artifacts
+            .iter()
+            .find(|p| p.file_name() == Some(file))
+            .with_context(|| {
+                format!(
+                    "app {name}: give the artifact {} with --artifact",
+                    file.to_string_lossy()
+                )
+            })?;
+        let (sha, size) = kiosk_agent::update::fetch::sha256_file(src)
+            .with_context(|| format!("cannot read {}", src.display()))?;
+        if !sha.eq_ignore_ascii_case(&a.sha256) || size != a.size {
+            bail!(
+                "app {name}: {} does not match the signed sha256/size",
+                src.display()
+            );
+        }
+        if let Some(m) = mount {
+            let expected = m.join(sideload::ARTIFACTS).join(file);
+            if Path::new(url_path) != expected {
+                bail!(
+                    "app {name}: the signed url is {} but the stick will hold it at file://{}",
+                    a.url,
+                    expected.display()
+                );
+            }
+        }
+        copies.push((src.clone(), file.to_os_string()));
+    }
+    std::fs::create_dir_all(out.join(sideload::ARTIFACTS))
+        .with_context(|| format!("cannot create {}", out.display()))?;
+    for (src, file) in copies {
+        let dst = out.join(sideload::ARTIFACTS).join(&file);
+        std::fs::copy(&src, &dst)
+            .with_context(|| format!("cannot copy {} to {}", src.display(), dst.display()))?;
+        println!("{}", dst.display());
+    }
+    for (kind, src, raw) in planned {
+        let name = sideload::file_name(&kind)
+            .with_context(|| format!("{}: no bundle name for {kind}", src.display()))?;
+        let dst = out.join(name);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&dst)
+            .with_context(|| {
+                format!(
+                    "cannot create {} (existing files are not overwritten)",
+                    dst.display()
+                )
+            })?;
+        f.write_all(&raw)
+            .and_then(|()| f.sync_all())
+            .with_context(|| format!("cannot write {}", dst.display()))?;
+        println!("{}", dst.display());
+    }
+    Ok(())
 }
 
 fn keygen(out: &Path) -> Result<()> {

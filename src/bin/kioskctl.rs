@@ -79,6 +79,22 @@ enum Cmd {
     Schedule,
     /// Installed application releases and the last update outcomes.
     Updates,
+    /// Today's use of each service item (local date of the schedule's zone).
+    Usage {
+        /// Table language (default: zh when the locale is zh_CN, else en).
+        #[arg(long, value_parser = ["zh", "en"])]
+        lang: Option<String>,
+    },
+    /// Side-load signed documents (admin group): one envelope FILE, or a bundle DIR whose
+    /// trust.dsse, policy.dsse, schedule.dsse, catalog.dsse and app-NAME.dsse are applied in
+    /// that order.
+    Apply {
+        /// trust, policy, schedule, catalog or app/NAME; for a FILE named as in a bundle it
+        /// may be left out.
+        #[arg(long)]
+        kind: Option<String>,
+        path: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -110,10 +126,137 @@ fn request(cmd: &Cmd) -> Value {
         }
         Cmd::Schedule => json!({"op": "schedule"}),
         Cmd::Updates => json!({"op": "updates"}),
+        Cmd::Usage { .. } => json!({"op": "usage_today"}),
+        // Built per file by `apply`.
+        Cmd::Apply { .. } => json!({"op": "apply"}),
     }
 }
 
+fn lang_of(lang: &Option<String>) -> Lang {
+    match lang.as_deref() {
+        Some("zh") => Lang::Zh,
+        Some("en") => Lang::En,
+        _ => Lang::from_env(),
+    }
+}
+
+/// Sends each envelope in order and prints one line per file; fails when any was refused.
+fn apply(cli: &Cli, kind: Option<&str>, path: &std::path::Path) -> anyhow::Result<()> {
+    let entries = if path.is_dir() {
+        if kind.is_some() {
+            bail!("--kind is for a single FILE; a bundle DIR names its kinds by file name");
+        }
+        kiosk_agent::sideload::plan(path)
+            .with_context(|| format!("cannot read the bundle {}", path.display()))?
+    } else {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let kind = match kind {
+            Some(k) => Some(k.to_string()),
+            None => Some(kiosk_agent::sideload::kind_of_file(&name).with_context(|| {
+                format!("{name}: say --kind KIND (trust, policy, schedule, catalog or app/NAME)")
+            })?),
+        };
+        vec![kiosk_agent::sideload::Entry {
+            kind,
+            path: path.to_path_buf(),
+        }]
+    };
+    if entries.is_empty() {
+        bail!("{}: no *.dsse envelope in it", path.display());
+    }
+    let mut client = Client::connect(&cli.socket)?;
+    let mut rows = Vec::new();
+    let mut refused = 0;
+    let mut results = Vec::new();
+    for e in &entries {
+        let file = e
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let Some(kind) = &e.kind else {
+            refused += 1;
+            rows.push(vec![
+                file,
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "skipped".into(),
+                "file name is not trust, policy, schedule, catalog or app-NAME .dsse".into(),
+            ]);
+            continue;
+        };
+        let envelope: Value = match std::fs::read(&e.path)
+            .map_err(anyhow::Error::from)
+            .and_then(|b| serde_json::from_slice(&b).map_err(anyhow::Error::from))
+        {
+            Ok(v) => v,
+            Err(err) => {
+                refused += 1;
+                rows.push(vec![
+                    file,
+                    kind.clone(),
+                    "-".into(),
+                    "-".into(),
+                    "unreadable".into(),
+                    err.to_string(),
+                ]);
+                continue;
+            }
+        };
+        let resp = client
+            .call(&json!({"op": "apply", "kind": kind, "envelope": envelope}))
+            .context("request failed")?;
+        let (report, status) = if resp["ok"] == json!(true) {
+            (resp["data"].clone(), s(&resp["data"]["status"]))
+        } else {
+            refused += 1;
+            let code = s(&resp["error"]["code"]);
+            let status = if resp["error"]["report"].is_object() {
+                format!("{} ({code})", s(&resp["error"]["report"]["status"]))
+            } else {
+                code
+            };
+            let mut report = resp["error"]["report"].clone();
+            if !report.is_object() {
+                report = json!({"message": resp["error"]["message"]});
+            }
+            (report, status)
+        };
+        rows.push(vec![
+            file,
+            kind.clone(),
+            s(&report["target"]),
+            s(&report["version"]),
+            status,
+            s(&report["message"]),
+        ]);
+        results.push(json!({"kind": kind, "file": e.path, "response": resp}));
+    }
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        print!(
+            "{}",
+            table(
+                &["FILE", "KIND", "TARGET", "VERSION", "STATUS", "MESSAGE"],
+                &rows
+            )
+        );
+    }
+    if refused > 0 {
+        bail!("{refused} of {} envelope(s) not applied", entries.len());
+    }
+    Ok(())
+}
+
 fn run(cli: &Cli) -> anyhow::Result<()> {
+    if let Cmd::Apply { kind, path } = &cli.cmd {
+        return apply(cli, kind.as_deref(), path);
+    }
     let mut client = Client::connect(&cli.socket)?;
     let resp = client.call(&request(&cli.cmd)).context("request failed")?;
     if resp["ok"] != json!(true) {
@@ -325,11 +468,7 @@ fn render(cmd: &Cmd, d: &Value) -> String {
         Cmd::Inspect { lang, .. } => {
             let mut out = match serde_json::from_value::<PatrolReport>(d["report"].clone()) {
                 Ok(report) => {
-                    let lang = match lang.as_deref() {
-                        Some("zh") => Lang::Zh,
-                        Some("en") => Lang::En,
-                        _ => Lang::from_env(),
-                    };
+                    let lang = lang_of(lang);
                     render_checklist_in(&report, lang, &jiff::tz::TimeZone::system())
                 }
                 Err(_) => probe_rows(&d["probes"]),
@@ -386,7 +525,53 @@ fn render(cmd: &Cmd, d: &Value) -> String {
         Cmd::Compliance { .. } => kiosk_agent::policy::render_table(d),
         Cmd::Schedule => render_schedule(d),
         Cmd::Updates => render_updates(d),
+        Cmd::Usage { lang } => render_usage(d, lang_of(lang)),
+        Cmd::Apply { .. } => String::new(),
     }
+}
+
+fn render_usage(d: &Value, lang: Lang) -> String {
+    let (title, headers, none) = match lang {
+        Lang::Zh => (
+            "今日事项使用统计",
+            ["事项", "名称", "完成", "放弃", "失败", "总时长(秒)"],
+            "  (今日暂无记录)\n",
+        ),
+        Lang::En => (
+            "Service-item use today",
+            [
+                "ITEM",
+                "NAME",
+                "COMPLETED",
+                "ABANDONED",
+                "FAILED",
+                "TOTAL S",
+            ],
+            "  (nothing recorded today)\n",
+        ),
+    };
+    let mut out = format!("{title}  {} ({})\n", s(&d["date"]), s(&d["timezone"]));
+    let rows: Vec<Vec<String>> = d["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| {
+            vec![
+                s(&i["id"]),
+                s(&i["name"]),
+                s(&i["completed"]),
+                s(&i["abandoned"]),
+                s(&i["failed"]),
+                s(&i["duration_s_total"]),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        out.push_str(none);
+    } else {
+        out.push_str(&table(&headers, &rows));
+    }
+    out
 }
 
 /// An RFC 3339 instant shown in the schedule's zone, as a technician on site reads a clock.

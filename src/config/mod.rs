@@ -50,6 +50,8 @@ pub struct Config {
     #[serde(default)]
     pub patrol: Patrol,
     #[serde(default)]
+    pub ui: Ui,
+    #[serde(default)]
     pub probes: Vec<ProbeConfig>,
 }
 
@@ -279,6 +281,13 @@ impl Default for Policy {
 pub struct Patrol {
     /// Local time `HH:MM`; unset means 30 minutes before the schedule's next on, else 07:30.
     pub at: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ui {
+    /// Seconds without a kiosk-screen heartbeat before `ui.unresponsive`; 0 = not watched.
+    pub heartbeat_timeout_s: u64,
 }
 
 /// One probe as written in the file: a flat record so a typo'd key is refused by name;

@@ -150,6 +150,17 @@ pub async fn execute(d: &Deps, name: &str, args: &Map<String, Value>) -> Command
                 Err(e) => error("state_error", e.to_string()),
             }
         }
+        "stats_flush" => match d.usage.flush() {
+            Ok(rec) => ok(
+                format!(
+                    "usage period {} .. {} closed as stats seq {}",
+                    rec.period_start, rec.period_end, rec.seq
+                ),
+                json!({"seq": rec.seq, "period_start": rec.period_start,
+                    "period_end": rec.period_end, "items": rec.items.len()}),
+            ),
+            Err(e) => error("state_error", e.to_string()),
+        },
         "set_log_level" => match args.get("level").and_then(Value::as_str) {
             Some(level) if crate::logging::set_level(level) => {
                 ok(format!("log level {level}"), json!({"level": level}))

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -29,6 +29,7 @@ use crate::power::PowerHandle;
 use crate::power::schedule::Schedule;
 use crate::state::StateStore;
 use crate::telemetry::Telemetry;
+use crate::transport::topics::DESIRED_KINDS;
 use crate::transport::{Downstream, Inbound, Publisher, Scope, Topics};
 use crate::trust::{Role, TrustError, TrustStore, Verified, verify_document, verify_envelope};
 use crate::update::worker::{Report as UpdateReport, UpdateHandle};
@@ -50,6 +51,7 @@ pub struct Deps {
     pub policy: PolicyHandle,
     pub updates: UpdateHandle,
     pub patrol: crate::patrol::PatrolHandle,
+    pub usage: crate::usage::Usage,
 }
 
 /// A document accepted on one scope.
@@ -94,6 +96,40 @@ pub struct Control {
     limiter: RateLimiter,
     /// (app, phase) → last percent reported, to thin out download progress.
     progress: HashMap<(String, Option<crate::update::Step>), u8>,
+    /// Side-loaded documents (the socket's `apply`), taken by `run`.
+    local: Option<mpsc::Receiver<LocalApply>>,
+}
+
+/// A document handed in on the local socket (a USB stick in an air-gapped hall).
+struct LocalApply {
+    kind: String,
+    envelope: Vec<u8>,
+    reply: oneshot::Sender<Value>,
+}
+
+/// Puts side-loaded documents onto the one path of a downstream document.
+#[derive(Clone, Debug)]
+pub struct ControlHandle {
+    tx: mpsc::Sender<LocalApply>,
+}
+
+impl ControlHandle {
+    /// Applies `envelope` as if it had arrived on `P/{its target}/desired/{kind}`. Returns the
+    /// resulting `reported/{kind}` (also published), or one with status `superseded` when it
+    /// was stored but a more specific scope's document stays in force. `None`: the agent is
+    /// stopping.
+    pub async fn apply(&self, kind: &str, envelope: Vec<u8>) -> Option<Value> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(LocalApply {
+                kind: kind.to_string(),
+                envelope,
+                reply,
+            })
+            .await
+            .ok()?;
+        rx.await.ok()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +180,7 @@ impl Control {
             reports,
             applied: HashMap::new(),
             progress: HashMap::new(),
+            local: None,
             limiter,
             topics,
             trust,
@@ -151,6 +188,13 @@ impl Control {
         };
         c.prune_seen();
         Ok(c)
+    }
+
+    /// The handle the local socket's `apply` uses.
+    pub fn handle(&mut self) -> ControlHandle {
+        let (tx, rx) = mpsc::channel(8);
+        self.local = Some(rx);
+        ControlHandle { tx }
     }
 
     pub fn trust_version(&self) -> u64 {
@@ -167,7 +211,7 @@ impl Control {
                     self.applied.insert(kind.clone(), (target, doc.version));
                     continue;
                 }
-                self.apply(&kind, &target, &doc, false);
+                let _ = self.apply(&kind, &target, &doc, false);
             }
         }
     }
@@ -178,9 +222,14 @@ impl Control {
         mut updates: mpsc::UnboundedReceiver<UpdateReport>,
         cancel: CancellationToken,
     ) {
+        let mut local = self.local.take();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
+                Some(a) = recv_opt(&mut local) => {
+                    let out = self.on_local_apply(&a.kind, &a.envelope);
+                    let _ = a.reply.send(out);
+                }
                 m = inbound.recv() => match m {
                     Some(m) => self.on_message(m).await,
                     None => break,
@@ -196,7 +245,7 @@ impl Control {
     async fn on_message(&mut self, msg: Inbound) {
         match self.topics.parse(&msg.topic) {
             Some(Downstream::Desired { scope, kind }) => {
-                self.on_desired(&scope, &kind, &msg.payload)
+                let _ = self.on_desired(&scope, &kind, &msg.payload);
             }
             Some(Downstream::Command { scope }) => self.on_command(&scope, &msg.payload).await,
             None => {
@@ -220,7 +269,8 @@ impl Control {
         }
     }
 
-    fn on_desired(&mut self, scope: &Scope, kind: &str, payload: &[u8]) {
+    /// Returns the `reported/{kind}` this produced, if any.
+    fn on_desired(&mut self, scope: &Scope, kind: &str, payload: &[u8]) -> Option<Value> {
         let topic = format!("desired/{kind}");
         let target = scope.target(&self.d.cfg.terminal.id);
         let Some(role) = role_of(kind) else {
@@ -229,7 +279,7 @@ impl Control {
                 None,
                 &TrustError::InvalidDocument(format!("unknown kind {kind}")),
             );
-            return;
+            return None;
         };
         if payload.is_empty() {
             // An empty retained message clears this scope; a less specific one may take over.
@@ -241,32 +291,31 @@ impl Control {
             if removed {
                 tracing::info!(kind, target, "scope cleared");
                 self.persist();
-                self.reconcile(kind);
+                return self.reconcile(kind);
             }
-            return;
+            return None;
         }
         let now = self.d.clock.now();
         let sec = self.d.cfg.security.clone();
         if role == Role::Trust {
-            match self.trust.rotate(
+            return match self.trust.rotate(
                 payload,
                 now,
                 sec.clock_skew_s,
                 sec.max_message_bytes,
                 &target,
             ) {
-                Ok(v) => self.report(
+                Ok(v) => Some(self.report(
                     kind,
                     &target,
                     v,
                     "applied",
                     format!("trust root version {v} in force"),
                     json!({}),
-                ),
+                )),
                 Err(TrustError::Rollback { have, got }) if have == got => self.republish(kind),
-                Err(e) => self.reject(kind, &target, None, &e),
-            }
-            return;
+                Err(e) => Some(self.reject(kind, &target, None, &e)),
+            };
         }
         let verified = match verify_document(
             payload,
@@ -278,37 +327,37 @@ impl Control {
             sec.max_message_bytes,
         ) {
             Ok(v) => v,
-            Err(e) => return self.reject(kind, &target, None, &e),
+            Err(e) => return Some(self.reject(kind, &target, None, &e)),
         };
         let Some(version) = verified.version() else {
-            return self.reject(
+            return Some(self.reject(
                 kind,
                 &target,
                 None,
                 &TrustError::InvalidDocument("version is required".into()),
-            );
+            ));
         };
         let key = format!("{kind}|{target}");
         if let Some(since) = self.records.replay_horizon(Some(&key))
             && verified.issued_at().as_second() < since
         {
-            return self.reject(
+            return Some(self.reject(
                 kind,
                 &target,
                 Some(version),
                 &TrustError::RecordsLost {
                     since: rfc3339(jiff::Timestamp::from_second(since).unwrap_or_default()),
                 },
-            );
+            ));
         }
         if let Some(&have) = self.records.versions.get(&key) {
             if version < have {
-                return self.reject(
+                return Some(self.reject(
                     kind,
                     &target,
                     Some(version),
                     &TrustError::Rollback { have, got: version },
-                );
+                ));
             }
             if version == have {
                 let in_force = self
@@ -316,18 +365,18 @@ impl Control {
                     .get(kind)
                     .is_some_and(|(t, v)| *t == target && *v == version);
                 if in_force {
-                    self.republish(kind);
+                    return self.republish(kind);
                 }
-                return;
+                return None;
             }
         }
         if let Err(msg) = self.validate(kind, &verified) {
-            return self.reject(
+            return Some(self.reject(
                 kind,
                 &target,
                 Some(version),
                 &TrustError::InvalidDocument(msg),
-            );
+            ));
         }
         self.records.versions.insert(key, version);
         self.docs.entry(kind.to_string()).or_default().insert(
@@ -339,7 +388,67 @@ impl Control {
             },
         );
         self.persist();
-        self.reconcile(kind);
+        self.reconcile(kind)
+    }
+
+    /// A side-loaded document: its scope is the `target` of the document itself (read once its
+    /// signature holds), then it takes exactly the path of one from that scope's topic. A
+    /// target that is not this terminal, one of its groups or `all`, and an envelope that does
+    /// not verify, go down the terminal's path, where verification refuses them as it would on
+    /// MQTT (`wrong_target`, `bad_signature`, ...).
+    fn on_local_apply(&mut self, kind: &str, envelope: &[u8]) -> Value {
+        let valid = DESIRED_KINDS.contains(&kind)
+            || kind
+                .strip_prefix("app/")
+                .is_some_and(crate::config::valid_id);
+        let Some(role) = role_of(kind).filter(|_| valid) else {
+            return json!({"kind": kind, "status": "invalid",
+                "message": format!("kind {kind:?} must be trust, policy, schedule, catalog or app/NAME")});
+        };
+        let id = self.d.cfg.terminal.id.clone();
+        let claimed = verify_envelope(
+            envelope,
+            role,
+            self.trust.keyring(),
+            self.d.cfg.security.max_message_bytes,
+        )
+        .ok()
+        .and_then(|p| serde_json::from_slice::<Value>(p.payload()).ok())
+        .and_then(|v| v["target"].as_str().map(str::to_string));
+        let scope = match claimed.as_deref() {
+            Some("all") => Scope::Fleet,
+            Some(t) if t.strip_prefix("t/") == Some(id.as_str()) => Scope::Terminal,
+            Some(t) => match t.strip_prefix("g/") {
+                Some(g) if self.d.cfg.terminal.groups.iter().any(|x| x == g) => {
+                    Scope::Group(g.to_string())
+                }
+                _ => Scope::Terminal,
+            },
+            None => Scope::Terminal,
+        };
+        tracing::info!(kind, target = %scope.target(&id), "side-loaded document");
+        match self.on_desired(&scope, kind, envelope) {
+            Some(report) => report,
+            None => {
+                let in_force = self
+                    .applied
+                    .get(kind)
+                    .map(|(t, v)| json!({"target": t, "version": v}));
+                let version = self
+                    .docs
+                    .get(kind)
+                    .and_then(|m| m.get(&scope.target(&id)))
+                    .map(|d| d.version);
+                self.reported_doc(
+                    kind,
+                    &scope.target(&id),
+                    json!(version),
+                    "superseded",
+                    "stored; a more specific scope's document stays in force".into(),
+                    json!({"in_force": in_force}),
+                )
+            }
+        }
     }
 
     /// Content checks beyond the signature, so a document that cannot be applied is refused
@@ -378,11 +487,11 @@ impl Control {
         })
     }
 
-    fn reconcile(&mut self, kind: &str) {
+    fn reconcile(&mut self, kind: &str) -> Option<Value> {
         match self.effective(kind) {
             Some((target, doc)) => {
                 if self.applied.get(kind) != Some(&(target.clone(), doc.version)) {
-                    self.apply(kind, &target, &doc, true);
+                    return Some(self.apply(kind, &target, &doc, true));
                 }
             }
             None => {
@@ -394,9 +503,10 @@ impl Control {
                 }
             }
         }
+        None
     }
 
-    fn apply(&mut self, kind: &str, target: &str, doc: &Stored, fresh: bool) {
+    fn apply(&mut self, kind: &str, target: &str, doc: &Stored, fresh: bool) -> Value {
         let version = doc.version;
         let result: Result<(String, Value, &str), String> = match kind {
             "catalog" => {
@@ -456,7 +566,7 @@ impl Control {
             Ok((message, details, status)) => {
                 self.applied
                     .insert(kind.to_string(), (target.to_string(), version));
-                self.report(kind, target, version, status, message, details);
+                self.report(kind, target, version, status, message, details)
             }
             Err(e) => self.report(kind, target, version, "failed", e, json!({})),
         }
@@ -509,7 +619,7 @@ impl Control {
                 .events
                 .emit(sev, o.event_code(), o.message.clone(), json!(o));
         }
-        self.report(&kind, &target, version, status.as_str(), message, details);
+        let _ = self.report(&kind, &target, version, status.as_str(), message, details);
     }
 
     fn report(
@@ -520,26 +630,33 @@ impl Control {
         status: &str,
         message: String,
         details: Value,
-    ) {
+    ) -> Value {
         let v = self.reported_doc(kind, target, json!(version), status, message, details);
         self.d.publisher.reported(kind, &v);
         // Progress is not worth a disk write; final states are.
         if status != "in_progress" {
-            self.reports.insert(kind.to_string(), v);
+            self.reports.insert(kind.to_string(), v.clone());
             if let Err(e) = self.d.store.save(REPORTS, &self.reports) {
                 tracing::error!(error = %e, "cannot persist reports");
             }
         }
+        v
     }
 
     /// Equal version: nothing is done, the last report is published again.
-    fn republish(&self, kind: &str) {
-        if let Some(v) = self.reports.get(kind) {
-            self.d.publisher.reported(kind, v);
-        }
+    fn republish(&self, kind: &str) -> Option<Value> {
+        let v = self.reports.get(kind)?;
+        self.d.publisher.reported(kind, v);
+        Some(v.clone())
     }
 
-    fn reject(&mut self, kind: &str, target: &str, version: Option<u64>, err: &TrustError) {
+    fn reject(
+        &mut self,
+        kind: &str,
+        target: &str,
+        version: Option<u64>,
+        err: &TrustError,
+    ) -> Value {
         self.security_rejected(&format!("desired/{kind}"), Some(target), err);
         let in_force = self
             .applied
@@ -555,6 +672,7 @@ impl Control {
             details,
         );
         self.d.publisher.reported(kind, &v);
+        v
     }
 
     /// `reported/{kind}` (docs/protocol.md §4); `kind` is `app` for `app/{name}`.
@@ -763,5 +881,12 @@ fn announce_records(events: &EventSink, records: &Records, found: &records::Load
             ),
             json!({"since": since, "what": lost.what, "newly_lost": found.newly_lost, "proven_versions": records.versions.len()}),
         );
+    }
+}
+
+async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }

@@ -94,6 +94,7 @@ fn kind_label(kind: &str, lang: Lang) -> &str {
         (Lang::Zh, "tcp") => "网络服务",
         (Lang::Zh, "unit") => "系统服务",
         (Lang::Zh, "exec") => "自检命令",
+        (Lang::Zh, "heartbeat") => "终端界面",
         (Lang::En, "ipp") => "printer",
         (Lang::En, "nut") => "UPS",
         (Lang::En, "usb") => "USB device",
@@ -101,6 +102,7 @@ fn kind_label(kind: &str, lang: Lang) -> &str {
         (Lang::En, "tcp") => "network service",
         (Lang::En, "unit") => "system service",
         (Lang::En, "exec") => "self-test",
+        (Lang::En, "heartbeat") => "kiosk screen",
         (_, other) => other,
     }
 }

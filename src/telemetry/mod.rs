@@ -159,6 +159,8 @@ pub struct Telemetry {
     pub report_now: Notify,
     /// Signalled when a UPS reports low battery (the daemon decides whether to power off).
     pub low_battery: Notify,
+    /// The kiosk screen's heartbeat, shown as one more item beside the probes.
+    ui: std::sync::OnceLock<crate::ui::UiWatch>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -201,7 +203,20 @@ impl Telemetry {
             maintenance,
             clock,
             report_now: Notify::new(),
+            ui: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Adds the kiosk screen's heartbeat to every probe list (status, health, patrol).
+    pub fn set_ui(&self, ui: crate::ui::UiWatch) {
+        let _ = self.ui.set(ui);
+    }
+
+    fn with_ui(&self, mut results: Vec<ProbeResult>) -> Vec<ProbeResult> {
+        if let Some(item) = self.ui.get().and_then(crate::ui::UiWatch::item) {
+            results.push(item);
+        }
+        results
     }
 
     /// Runs every probe concurrently (each bounded by its timeout) and raises events for
@@ -244,7 +259,7 @@ impl Telemetry {
             self.low_battery.notify_one();
         }
         *lock(&self.last_probes) = results.clone();
-        results
+        self.with_ui(results)
     }
 
     /// Fault grades (P1–P4, `grade::grade`): the device's own reading or the configured
@@ -382,8 +397,9 @@ impl Telemetry {
         lock(&self.last).clone()
     }
 
+    /// The last probe results, with the heartbeat item as it is now.
     pub fn last_probes(&self) -> Vec<ProbeResult> {
-        lock(&self.last_probes).clone()
+        self.with_ui(lock(&self.last_probes).clone())
     }
 
     /// Reports every `health.interval_s` (and on `report_now`) until cancelled.

@@ -50,6 +50,7 @@ pub struct Inbound {
 enum Tag {
     Other,
     Event(u64),
+    Stats(u64),
     Offline,
 }
 
@@ -168,6 +169,14 @@ pub struct Transport {
     events_sent: BTreeSet<u64>,
     delivered: BTreeSet<u64>,
     offline_acked: bool,
+    stats: Option<StatsPump>,
+}
+
+/// The usage-statistics outbox, drained beside the events' with the same rules.
+struct StatsPump {
+    outbox: crate::usage::StatsOutbox,
+    sent: BTreeSet<u64>,
+    delivered: BTreeSet<u64>,
 }
 
 impl Transport {
@@ -257,6 +266,7 @@ impl Transport {
                 events_sent: BTreeSet::new(),
                 delivered: BTreeSet::new(),
                 offline_acked: false,
+                stats: None,
             },
             publisher,
         ))
@@ -266,11 +276,30 @@ impl Transport {
         *self.connected_tx.borrow()
     }
 
+    /// Also drains the usage-statistics outbox onto `stats` (QoS 1, in order, acknowledged).
+    pub fn with_stats(mut self, outbox: crate::usage::StatsOutbox) -> Self {
+        self.stats = Some(StatsPump {
+            outbox,
+            sent: BTreeSet::new(),
+            delivered: BTreeSet::new(),
+        });
+        self
+    }
+
+    fn stats_in_flight(&self) -> usize {
+        self.stats.as_ref().map_or(0, |s| s.sent.len())
+    }
+
     /// Polls the connection until `cancel`, then says goodbye: offline/`shutdown` (retained),
     /// flushes queued events within a bounded time, disconnects.
     pub async fn run(mut self, cancel: CancellationToken) {
         let mut stop_deadline: Option<Instant> = None;
         let wakeup = self.events.publish_wakeup.clone();
+        let stats_wakeup = self
+            .stats
+            .as_ref()
+            .map(|s| s.outbox.wakeup.clone())
+            .unwrap_or_default();
         let mut failures: u32 = 0;
         loop {
             let connected = self.connected();
@@ -288,6 +317,7 @@ impl Transport {
                         Tag::Offline,
                     );
                     self.pump_events();
+                    self.pump_stats();
                     stop_deadline = Some(Instant::now() + STOP_FLUSH);
                 }
                 _ = sleep_until_opt(stop_deadline) => {
@@ -295,6 +325,7 @@ impl Transport {
                     break;
                 }
                 _ = wakeup.notified(), if connected => self.pump_events(),
+                _ = stats_wakeup.notified(), if connected => self.pump_stats(),
                 ev = self.eventloop.poll() => match ev {
                     Ok(event) => {
                         if let Event::Incoming(Packet::ConnAck(_)) = &event {
@@ -306,7 +337,9 @@ impl Transport {
                             failures = 0;
                         }
                         self.on_event(event);
-                        if stop_deadline.is_some() && self.offline_acked && self.events_sent.is_empty() {
+                        if stop_deadline.is_some() && self.offline_acked && self.events_sent.is_empty()
+                            && self.stats_in_flight() == 0
+                        {
                             break;
                         }
                     }
@@ -363,6 +396,9 @@ impl Transport {
                         .clear();
                     self.unacked.clear();
                     self.events_sent.clear();
+                    if let Some(s) = &mut self.stats {
+                        s.sent.clear();
+                    }
                     self.offline_acked = false;
                 }
                 let _ = self.connected_tx.send(true);
@@ -384,6 +420,7 @@ impl Transport {
                     Tag::Other,
                 );
                 self.pump_events();
+                self.pump_stats();
             }
             Event::Incoming(Packet::Publish(p)) => {
                 let msg = Inbound {
@@ -400,6 +437,13 @@ impl Transport {
                     self.events_sent.remove(&seq);
                     self.events.ack(seq, &mut self.delivered);
                     self.pump_events();
+                }
+                Some(Tag::Stats(seq)) => {
+                    if let Some(s) = &mut self.stats {
+                        s.sent.remove(&seq);
+                        s.outbox.ack(seq, &mut s.delivered);
+                    }
+                    self.pump_stats();
                 }
                 Some(Tag::Offline) => self.offline_acked = true,
                 _ => {}
@@ -451,6 +495,40 @@ impl Transport {
                 break;
             }
             self.events_sent.insert(ev.seq);
+        }
+    }
+}
+
+impl Transport {
+    /// Queues the oldest unsent statistics periods, as `pump_events` does for events.
+    fn pump_stats(&mut self) {
+        if !self.connected() {
+            return;
+        }
+        let Some(stats) = &mut self.stats else {
+            return;
+        };
+        let room = self.events_in_flight.saturating_sub(stats.sent.len());
+        if room == 0 {
+            return;
+        }
+        for rec in stats.outbox.unacked_head(stats.sent.len() + room) {
+            if stats.sent.contains(&rec.seq) {
+                continue;
+            }
+            let Ok(bytes) = serde_json::to_vec(&rec) else {
+                continue;
+            };
+            if !self.publisher.send(
+                self.publisher.topics.stats(),
+                QoS::AtLeastOnce,
+                false,
+                bytes,
+                Tag::Stats(rec.seq),
+            ) {
+                break;
+            }
+            stats.sent.insert(rec.seq);
         }
     }
 }

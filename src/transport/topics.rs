@@ -77,6 +77,9 @@ impl Topics {
     pub fn patrol(&self) -> String {
         self.up("patrol")
     }
+    pub fn stats(&self) -> String {
+        self.up("stats")
+    }
     pub fn reported(&self, kind: &str) -> String {
         self.up(&format!("reported/{kind}"))
     }
