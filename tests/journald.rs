@@ -15,7 +15,10 @@ const SOCKET: &str = "/run/systemd/journal/socket";
 
 /// Kills the journald this test started (if it started one) when dropped; holds the lock
 /// that keeps the tests of this file from starting two.
-struct Journald(Option<Child>, #[allow(dead_code)] std::sync::MutexGuard<'static, ()>);
+struct Journald(
+    Option<Child>,
+    #[allow(dead_code)] std::sync::MutexGuard<'static, ()>,
+);
 
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
