@@ -179,7 +179,7 @@ async fn terminal(id: String, port: u16, prefix: String, c: Arc<Counters>, seed:
                     c.published.fetch_add(1, Ordering::Relaxed);
                 }
                 // An event roughly every 10 minutes per terminal.
-                if (seq + seed).is_multiple_of(60) {
+                if (seq + seed) % 60 == 0 {
                     event_seq += 1;
                     let e = json!({"id": format!("{id}-{event_seq}"), "terminal_id": id, "seq": event_seq,
                         "ts": "2026-12-01T08:00:00Z", "severity": "minor", "code": "probe.failed",
