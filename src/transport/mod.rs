@@ -488,8 +488,8 @@ impl Transport {
         let subs = self.publisher.topics.subscriptions();
         // A present session already holds our subscriptions; subscribing again would make the
         // broker re-send every retained document (MQTT 3.1.1 §3.8.4): a storm across a fleet.
-        let held_by_session = self.subscribed
-            || (self.first_connect && self.session.subscriptions_match(&subs));
+        let held_by_session =
+            self.subscribed || (self.first_connect && self.session.subscriptions_match(&subs));
         let resubscribe = !session_present || !held_by_session;
         self.first_connect = false;
         if resubscribe {
