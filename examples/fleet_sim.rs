@@ -149,6 +149,8 @@ async fn terminal(id: String, port: u16, prefix: String, c: Arc<Counters>, seed:
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_clean_session(false);
     opts.set_manual_acks(true);
+    // Room for the retained documents (the agent's own limit is far above this).
+    opts.set_max_packet_size(4 << 20, 4 << 20);
     opts.set_last_will(will(session + 1));
     let (client, mut el) = AsyncClient::new(opts, 64);
     let mut attempt = 0u32;
