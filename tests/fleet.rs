@@ -214,7 +214,7 @@ fn a_burst_of_signed_commands_is_answered_exactly_once_each() {
     let mut platform = Platform::connect(broker.port, &format!("{P}/t/{id}/replies"));
     let term = Terminal::new(id);
     let me = format!("t/{id}");
-    const N: usize = 1200;
+    const N: usize = 1000;
     let cmds: Vec<Vec<u8>> = (0..N)
         .map(|i| {
             sign(
