@@ -159,9 +159,15 @@ fn held_power_off_follows_release_with_the_rtc_armed_for_the_next_opening() {
     assert_eq!(warning["details"]["action"], "poweroff");
     let scheduled = platform.event("power.scheduled");
     assert_eq!(ts(&scheduled["details"]["off_at"]), off_at);
+    // PROTOCOL §8 spread, from first principles: u64_be(SHA-256(id)[0..8]) mod (10 × 60).
+    let digest = ring::digest::digest(&ring::digest::SHA256, id.as_bytes());
+    let h = digest.as_ref()[..8]
+        .iter()
+        .fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+    let spread = (h % 600) as i64;
     assert_eq!(
         ts(&scheduled["details"]["wake_at"]).as_second(),
-        next_on.as_second() - 300,
+        next_on.as_second() - 300 - spread,
         "{scheduled:#}"
     );
 
@@ -194,8 +200,8 @@ fn held_power_off_follows_release_with_the_rtc_armed_for_the_next_opening() {
     let wake = std::fs::read_to_string(&wakealarm).unwrap();
     assert_eq!(
         wake.trim().parse::<i64>().unwrap(),
-        ts(&rep["details"]["next_on"]).as_second() - 5 * 60,
-        "wakealarm = next_on - wake_lead_minutes"
+        ts(&rep["details"]["next_on"]).as_second() - 5 * 60 - spread,
+        "wakealarm = next_on - wake_lead_minutes - spread (default 10 minutes)"
     );
     let off = platform.event("power.off");
     assert_eq!(ts(&off["details"]["off_at"]), off_at);

@@ -192,7 +192,10 @@ impl Handler for LocalOps {
                     .map(|r| json!(r))
                     .unwrap_or_else(|e| json!({"error": e.to_string()}));
                 let outcomes = crate::update::last_outcomes(&self.cfg.paths.state_dir);
-                proto::ok(json!({"apps": releases, "last_outcomes": outcomes}))
+                let waiting = crate::control::waiting_rollouts(&self.cfg.paths.state_dir);
+                proto::ok(
+                    json!({"apps": releases, "last_outcomes": outcomes, "waiting_wave": waiting}),
+                )
             }
             "inhibit" => {
                 let who = req.get("who").and_then(Value::as_str).unwrap_or("").trim();

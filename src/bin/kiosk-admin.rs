@@ -81,6 +81,26 @@ enum Cmd {
         #[arg(required = true)]
         envelopes: Vec<PathBuf>,
     },
+    /// Show which rollout wave each terminal falls in and when it may start (PROTOCOL §8).
+    Waves {
+        /// An app document (plain JSON or its DSSE envelope) carrying name, release and rollout.
+        #[arg(long, conflicts_with_all = ["name", "release", "rollout"])]
+        app: Option<PathBuf>,
+        #[arg(long, requires_all = ["release", "rollout"])]
+        name: Option<String>,
+        #[arg(long)]
+        release: Option<String>,
+        /// A file holding the `rollout` object (`{"start", "waves": [...]}`).
+        #[arg(long)]
+        rollout: Option<PathBuf>,
+        /// File of terminal ids, one per line (`-` for stdin); ids may also be given as arguments.
+        #[arg(long)]
+        ids: Option<PathBuf>,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+        terminals: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -109,6 +129,23 @@ fn run(cli: Cli) -> Result<()> {
             mount,
             envelopes,
         } => bundle(&out, &artifacts, mount.as_deref(), &envelopes),
+        Cmd::Waves {
+            app,
+            name,
+            release,
+            rollout,
+            ids,
+            json,
+            terminals,
+        } => waves(
+            app.as_deref(),
+            name,
+            release,
+            rollout.as_deref(),
+            ids.as_deref(),
+            json,
+            terminals,
+        ),
     }
 }
 
@@ -230,6 +267,106 @@ fn bundle(
             .with_context(|| format!("cannot write {}", dst.display()))?;
         println!("{}", dst.display());
     }
+    Ok(())
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("{} is not JSON", path.display()))
+}
+
+fn waves(
+    app: Option<&Path>,
+    name: Option<String>,
+    release: Option<String>,
+    rollout: Option<&Path>,
+    ids_file: Option<&Path>,
+    json: bool,
+    mut ids: Vec<String>,
+) -> Result<()> {
+    use kiosk_agent::fleet::Rollout;
+    let (name, release, rollout) = match (app, name, release, rollout) {
+        (Some(path), _, _, _) => {
+            let mut doc = read_json(path)?;
+            // An envelope: its payload is the document.
+            if let Some(p) = doc.get("payload").and_then(|p| p.as_str()) {
+                let bytes = STANDARD
+                    .decode(p)
+                    .context("envelope payload is not base64")?;
+                doc = serde_json::from_slice(&bytes).context("envelope payload is not JSON")?;
+            }
+            let field = |k: &str| {
+                doc[k]
+                    .as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| anyhow!("app document has no {k}"))
+            };
+            let r: Rollout =
+                serde_json::from_value(doc["rollout"].clone()).context("app document: rollout")?;
+            (field("name")?, field("release")?, r)
+        }
+        (None, Some(n), Some(r), Some(path)) => {
+            let v = read_json(path)?;
+            let v = v.get("rollout").cloned().unwrap_or(v);
+            (n, r, serde_json::from_value(v).context("rollout")?)
+        }
+        _ => bail!("give --app FILE, or --name, --release and --rollout FILE"),
+    };
+    rollout.validate().map_err(|e| anyhow!(e))?;
+    if let Some(p) = ids_file {
+        let text = if p == Path::new("-") {
+            std::io::read_to_string(std::io::stdin()).context("read stdin")?
+        } else {
+            std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?
+        };
+        ids.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string),
+        );
+    }
+    if ids.is_empty() {
+        bail!("no terminal ids: give them as arguments or with --ids FILE");
+    }
+    let mut out = String::new();
+    if !json {
+        out.push_str(&format!(
+            "{name} {release}: {} wave(s) from {}\n{:<24} {:>9} {:>6}  NOT BEFORE (UTC)\n",
+            rollout.waves.len(),
+            kiosk_agent::host::rfc3339(rollout.start),
+            "TERMINAL",
+            "POSITION",
+            "WAVE"
+        ));
+    }
+    for id in &ids {
+        if !kiosk_agent::config::valid_id(id) {
+            bail!("{id:?} is not a terminal id ([a-z0-9][a-z0-9-]{{0,63}})");
+        }
+        let p = rollout.place(id, &name, &release);
+        let not_before = p.not_before.map(kiosk_agent::host::rfc3339);
+        if json {
+            out.push_str(
+                &serde_json::json!({
+                    "terminal_id": id, "position": p.position,
+                    "wave": p.wave.map(|w| w + 1), "not_before": not_before,
+                })
+                .to_string(),
+            );
+            out.push('\n');
+        } else {
+            out.push_str(&format!(
+                "{id:<24} {:>9.4} {:>6}  {}\n",
+                p.position,
+                p.wave
+                    .map(|w| (w + 1).to_string())
+                    .unwrap_or_else(|| "-".into()),
+                not_before.unwrap_or_else(|| "never".into())
+            ));
+        }
+    }
+    print!("{out}");
     Ok(())
 }
 

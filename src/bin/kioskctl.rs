@@ -693,5 +693,25 @@ fn render_updates(d: &Value) -> String {
     } else {
         table(&["TIME", "APP", "RELEASE", "STATUS", "MESSAGE"], &outcomes)
     });
+    let waiting: Vec<Vec<String>> = d["waiting_wave"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|w| {
+            let wave = match w["wave"].as_u64() {
+                Some(n) => format!("{n} of {}", s(&w["waves"])),
+                None => format!("none of {}", s(&w["waves"])),
+            };
+            let opens = match w["not_before"].as_str() {
+                Some(t) => t.to_string(),
+                None => "never (no wave includes this terminal)".into(),
+            };
+            vec![s(&w["name"]), s(&w["release"]), wave, opens]
+        })
+        .collect();
+    if !waiting.is_empty() {
+        out.push_str("Waiting for a rollout wave\n");
+        out.push_str(&table(&["APP", "RELEASE", "WAVE", "OPENS (UTC)"], &waiting));
+    }
     out
 }

@@ -192,8 +192,15 @@ pub struct Power {
     pub display_off_cmd: Vec<String>,
     pub display_on_cmd: Vec<String>,
     pub wake_lead_minutes: u64,
+    /// Spreads the RTC wake over this many minutes before the wake lead, per terminal id
+    /// (PROTOCOL §8); 0 disables.
+    pub wake_spread_minutes: u64,
     pub max_inhibit_minutes: u64,
     pub on_low_battery: bool,
+    /// This terminal's share of the spread, in seconds: derived from `terminal.id`, never read
+    /// from the file.
+    #[serde(skip)]
+    pub wake_spread_s: u64,
 }
 
 impl Default for Power {
@@ -204,8 +211,10 @@ impl Default for Power {
             display_off_cmd: vec![],
             display_on_cmd: vec![],
             wake_lead_minutes: 5,
+            wake_spread_minutes: 10,
             max_inhibit_minutes: 30,
             on_low_battery: false,
+            wake_spread_s: 0,
         }
     }
 }
@@ -405,7 +414,9 @@ impl Config {
     }
 
     pub fn from_toml(text: &str) -> Result<Self, LoadError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| LoadError::Syntax(e.to_string()))?;
+        let mut cfg: Config = toml::from_str(text).map_err(|e| LoadError::Syntax(e.to_string()))?;
+        cfg.power.wake_spread_s =
+            crate::fleet::wake_spread_s(&cfg.terminal.id, cfg.power.wake_spread_minutes);
         let errors = cfg.validate();
         if errors.is_empty() {
             Ok(cfg)
@@ -510,6 +521,9 @@ impl Config {
             if cmd.is_empty() || cmd[0].is_empty() {
                 e.push(format!("{key}: must name a program"));
             }
+        }
+        if self.power.wake_spread_minutes > 24 * 60 {
+            e.push("power.wake_spread_minutes: at most 1440 (one day)".into());
         }
         if self.power.max_inhibit_minutes == 0 {
             e.push("power.max_inhibit_minutes: must be greater than 0".into());

@@ -80,6 +80,53 @@ mod b64 {
 
 const DOCS: &str = "control/documents.json";
 const REPORTS: &str = "control/reported.json";
+const ROLLOUTS: &str = "control/rollouts.json";
+/// A wait for a rollout wave re-reads the clock at least this often, so a step is noticed.
+const WAVE_STEP: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// An application release held back until this terminal's rollout wave opens (PROTOCOL §8).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WaveWait {
+    pub name: String,
+    pub release: String,
+    pub version: u64,
+    pub target: String,
+    /// 1-based wave that includes this terminal; `None` when no wave does.
+    pub wave: Option<usize>,
+    pub waves: usize,
+    pub position: f64,
+    /// When that wave opens (UTC, RFC 3339); `None` when no wave includes this terminal.
+    pub not_before: Option<String>,
+}
+
+impl WaveWait {
+    fn details(&self) -> Value {
+        json!({
+            "release": self.release,
+            "wave": self.wave,
+            "waves": self.waves,
+            "position": self.position,
+            "not_before": self.not_before,
+        })
+    }
+
+    fn opens(&self) -> Option<jiff::Timestamp> {
+        self.not_before.as_deref().and_then(|t| t.parse().ok())
+    }
+}
+
+/// Releases waiting for their wave, for `kioskctl updates` (read from the control record).
+pub fn waiting_rollouts(state_dir: &std::path::Path) -> Vec<WaveWait> {
+    StateStore::open(state_dir)
+        .ok()
+        .and_then(|s| {
+            s.load::<BTreeMap<String, WaveWait>>(ROLLOUTS)
+                .ok()
+                .flatten()
+        })
+        .map(|m| m.into_values().collect())
+        .unwrap_or_default()
+}
 
 pub struct Control {
     d: Deps,
@@ -98,6 +145,8 @@ pub struct Control {
     progress: HashMap<(String, Option<crate::update::Step>), u8>,
     /// Side-loaded documents (the socket's `apply`), taken by `run`.
     local: Option<mpsc::Receiver<LocalApply>>,
+    /// `app/{name}` → release waiting for its rollout wave.
+    rollouts: BTreeMap<String, WaveWait>,
 }
 
 /// A document handed in on the local socket (a USB stick in an air-gapped hall).
@@ -178,6 +227,7 @@ impl Control {
             records,
             docs,
             reports,
+            rollouts: serde_json::from_value(take(load(ROLLOUTS))).unwrap_or_default(),
             applied: HashMap::new(),
             progress: HashMap::new(),
             local: None,
@@ -207,6 +257,11 @@ impl Control {
         let kinds: Vec<String> = self.docs.keys().cloned().collect();
         for kind in kinds {
             if let Some((target, doc)) = self.effective(&kind) {
+                if kind.starts_with("app/") && self.rollouts.contains_key(&kind) {
+                    // Held for its wave: nothing reached the installer, so plan it again.
+                    self.apply(&kind, &target, &doc, false);
+                    continue;
+                }
                 if kind.starts_with("app/") {
                     self.applied.insert(kind.clone(), (target, doc.version));
                     continue;
@@ -231,18 +286,25 @@ impl Control {
                     let _ = a.reply.send(out);
                 }
                 m = inbound.recv() => match m {
-                    Some(m) => self.on_message(m).await,
+                    Some(mut m) => {
+                        self.on_message(&m).await;
+                        // Acted on (or refused): only now may the broker forget it.
+                        m.done();
+                    }
                     None => break,
                 },
                 r = updates.recv() => match r {
                     Some(r) => self.on_update(r),
                     None => break,
                 },
+                _ = tokio::time::sleep(self.wave_wait()), if !self.rollouts.is_empty() => {
+                    self.open_waves();
+                }
             }
         }
     }
 
-    async fn on_message(&mut self, msg: Inbound) {
+    async fn on_message(&mut self, msg: &Inbound) {
         match self.topics.parse(&msg.topic) {
             Some(Downstream::Desired { scope, kind }) => {
                 let _ = self.on_desired(&scope, &kind, &msg.payload);
@@ -555,12 +617,7 @@ impl Control {
                 }),
             _ => AppDoc::parse(&doc.payload)
                 .map_err(|e| e.to_string())
-                .map(|a| {
-                    let msg = format!("release {} queued for installation", a.release);
-                    let details = json!({"release": a.release, "phase": "queued"});
-                    self.d.updates.install(a);
-                    (msg, details, "in_progress")
-                }),
+                .map(|a| self.start_app(kind, target, version, a)),
         };
         match result {
             Ok((message, details, status)) => {
@@ -569,6 +626,98 @@ impl Control {
                 self.report(kind, target, version, status, message, details)
             }
             Err(e) => self.report(kind, target, version, "failed", e, json!({})),
+        }
+    }
+
+    /// Hands a release to the installer, unless its rollout wave has not opened for this
+    /// terminal yet: then nothing is downloaded and the release waits (a newer document for
+    /// the same app replaces the wait).
+    fn start_app(
+        &mut self,
+        kind: &str,
+        target: &str,
+        version: u64,
+        a: AppDoc,
+    ) -> (String, Value, &'static str) {
+        let now = self.d.clock.now();
+        if let Some(r) = &a.rollout {
+            let p = r.place(&self.d.cfg.terminal.id, &a.name, &a.release);
+            if p.not_before.is_none_or(|t| t > now) {
+                let w = WaveWait {
+                    name: a.name.clone(),
+                    release: a.release.clone(),
+                    version,
+                    target: target.to_string(),
+                    wave: p.wave.map(|i| i + 1),
+                    waves: r.waves.len(),
+                    position: p.position,
+                    not_before: p.not_before.map(rfc3339),
+                };
+                let msg = match (&w.wave, &w.not_before) {
+                    (Some(n), Some(t)) => format!(
+                        "release {} waits for rollout wave {n} of {}, opening {t}",
+                        a.release, w.waves
+                    ),
+                    _ => format!(
+                        "release {}: no rollout wave includes this terminal (position {:.4})",
+                        a.release, w.position
+                    ),
+                };
+                let details = w.details();
+                self.rollouts.insert(kind.to_string(), w);
+                self.save_rollouts();
+                return (msg, details, "waiting_wave");
+            }
+        }
+        if self.rollouts.remove(kind).is_some() {
+            self.save_rollouts();
+        }
+        let msg = format!("release {} queued for installation", a.release);
+        let details = json!({"release": a.release, "phase": "queued"});
+        self.d.updates.install(a);
+        (msg, details, "in_progress")
+    }
+
+    fn save_rollouts(&self) {
+        if let Err(e) = self.d.store.save(ROLLOUTS, &self.rollouts) {
+            tracing::error!(error = %e, "cannot persist rollout waits");
+        }
+    }
+
+    /// Until the earliest wave opens, in capped steps.
+    fn wave_wait(&self) -> std::time::Duration {
+        let now = self.d.clock.now();
+        self.rollouts
+            .values()
+            .filter_map(WaveWait::opens)
+            .map(|t| {
+                std::time::Duration::try_from(t.duration_since(now))
+                    .unwrap_or(std::time::Duration::ZERO)
+            })
+            .min()
+            .unwrap_or(WAVE_STEP)
+            .clamp(std::time::Duration::from_millis(50), WAVE_STEP)
+    }
+
+    fn open_waves(&mut self) {
+        let now = self.d.clock.now();
+        let due: Vec<String> = self
+            .rollouts
+            .iter()
+            .filter(|(_, w)| w.opens().is_some_and(|t| t <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for kind in due {
+            match self.effective(&kind) {
+                Some((target, doc)) => {
+                    tracing::info!(kind, "rollout wave open");
+                    self.apply(&kind, &target, &doc, true);
+                }
+                None => {
+                    self.rollouts.remove(&kind);
+                    self.save_rollouts();
+                }
+            }
         }
     }
 
@@ -643,10 +792,13 @@ impl Control {
         v
     }
 
-    /// Equal version: nothing is done, the last report is published again.
+    /// Equal version: nothing is done; the last report is published again only when the broker
+    /// never confirmed it (a fleet-wide redelivery must not become a fleet-wide wave of reports).
     fn republish(&self, kind: &str) -> Option<Value> {
         let v = self.reports.get(kind)?;
-        self.d.publisher.reported(kind, v);
+        if !self.d.publisher.reported_settled(kind) {
+            self.d.publisher.reported(kind, v);
+        }
         Some(v.clone())
     }
 
@@ -697,8 +849,13 @@ impl Control {
     }
 
     fn security_rejected(&mut self, topic: &str, target: Option<&str>, err: &TrustError) {
+        let Some(suppressed) = self.limiter.allow(std::time::Instant::now()) else {
+            // A flood costs one counter bump per message, not a log line each.
+            tracing::debug!(topic, reason = err.code(), "refused: {err}");
+            return;
+        };
         tracing::warn!(topic, reason = err.code(), "refused: {err}");
-        if let Some(suppressed) = self.limiter.allow(std::time::Instant::now()) {
+        {
             self.d.events.emit(
                 Severity::Major,
                 "security.rejected",

@@ -480,7 +480,8 @@ impl<A: PowerActions> PowerManager<A> {
         );
     }
 
-    /// The RTC time for a power-off at `after`: the next opening minus the wake lead.
+    /// The RTC time for a power-off at `after`: the next opening minus the wake lead and this
+    /// terminal's wake spread (PROTOCOL §8).
     fn wake_for(&self, sched: &Schedule, after: Timestamp) -> Option<Timestamp> {
         if sched.off_action() != OffAction::Poweroff {
             return None;
@@ -488,6 +489,11 @@ impl<A: PowerActions> PowerManager<A> {
         sched
             .next_on(after)
             .map(|on| minus_minutes(on, self.cfg.wake_lead_minutes))
+            .map(|t| {
+                let spread = i64::try_from(self.cfg.wake_spread_s).unwrap_or(0);
+                t.checked_sub(SignedDuration::from_secs(spread))
+                    .unwrap_or(t)
+            })
     }
 
     async fn on_crossed(&mut self, sched: &Schedule, on_at: Timestamp) {

@@ -1,12 +1,18 @@
 //! The only owner of the MQTT client (rumqttc).
 //!
 //! Connects (plain or rustls with ring, optionally mutual TLS) with a persistent session and the
-//! Last Will, re-subscribes and re-announces the birth state on every ConnAck, reconnects with
-//! capped exponential backoff plus jitter (a fleet of thousands must not reconnect in lock-step
-//! after a broker restart), hands inbound messages to a channel without ever waiting on the
-//! application, and drains the durable event outbox in order, acknowledging each event only when
-//! the broker confirmed it. It never interprets a downstream message.
+//! Last Will, announces the birth state (with the session counter the Will carries too) on every
+//! ConnAck, subscribes only when the broker holds no session for us (re-subscribing makes it
+//! re-send every retained document), reconnects with capped exponential backoff plus jitter (a
+//! fleet of thousands must not reconnect in lock-step after a broker restart), hands inbound
+//! messages to a channel without ever waiting on the application and acknowledges a QoS 1
+//! message only once the application took it in (a full channel is backpressure, never loss),
+//! queues every publish that the client has no room for (retained topics coalesced to their
+//! latest value) and drains the durable event outbox in order, acknowledging each event only
+//! when the broker confirmed it. It never interprets a downstream message.
 
+mod outq;
+mod session;
 pub mod tls;
 pub mod topics;
 
@@ -16,12 +22,14 @@ use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config};
 use crate::events::EventSink;
+use outq::{Item, Kind, OutQueue};
+use session::SessionState;
 pub use topics::{Downstream, Scope, Topics};
 
 #[derive(Debug, thiserror::Error)]
@@ -38,20 +46,49 @@ pub enum TransportError {
 }
 
 /// A message the broker delivered on one of our subscriptions.
-#[derive(Debug, Clone)]
+///
+/// A QoS 1 message is acknowledged to the broker only when the receiver calls [`Inbound::done`]
+/// after acting on it: until then the broker keeps it, so a crash or a full queue loses nothing.
+#[derive(Debug)]
 pub struct Inbound {
     pub topic: String,
     pub payload: Vec<u8>,
     pub retain: bool,
+    ack: Option<Ack>,
 }
 
-/// Why a publish was queued, so the broker's PubAck can be matched to an event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+impl Inbound {
+    /// The message has been taken in: acknowledge it to the broker.
+    pub fn done(&mut self) {
+        if let Some(a) = self.ack.take() {
+            let _ = a.tx.send(a.token);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Ack {
+    token: AckToken,
+    tx: mpsc::UnboundedSender<AckToken>,
+}
+
+/// A downstream pkid and the broker session it belongs to (a pkid of a lost session must
+/// never acknowledge a message of the new one).
+#[derive(Debug, Clone, Copy)]
+struct AckToken {
+    pkid: u16,
+    epoch: u64,
+}
+
+/// Why a publish was queued, so the broker's PubAck can be matched to what it confirms.
+#[derive(Debug, Clone)]
 enum Tag {
-    Other,
+    Untracked,
     Event(u64),
     Stats(u64),
     Offline,
+    /// An outbox item kept until confirmed: re-queued if the broker loses the session.
+    Item(Box<Item>),
 }
 
 /// Room for large downstream documents; the agent's own limit (`security.max_message_bytes`)
@@ -61,13 +98,17 @@ const MAX_INCOMING_PACKET: usize = 64 * 1024 * 1024;
 const REQUEST_CAPACITY: usize = 256;
 const STOP_FLUSH: Duration = Duration::from_secs(5);
 
-/// Cheap handle for publishing; the rest of the agent never sees rumqttc.
+#[derive(Debug, Default)]
+struct Shared {
+    out: OutQueue,
+}
+
+/// Cheap handle for publishing; the rest of the agent never sees rumqttc. Publishing never
+/// fails for lack of room: the transport queues, coalesces and hands over as the client takes.
 #[derive(Clone)]
 pub struct Publisher {
-    client: AsyncClient,
-    /// Tags in the order publishes were queued: rumqttc reports `Outgoing::Publish(pkid)` in
-    /// that same order, which is how a pkid is tied back to an event.
-    tags: Arc<Mutex<VecDeque<Tag>>>,
+    shared: Arc<Mutex<Shared>>,
+    wake: Arc<Notify>,
     connected: watch::Receiver<bool>,
     topics: Arc<Topics>,
 }
@@ -91,44 +132,52 @@ impl Publisher {
         self.connected.clone()
     }
 
-    fn send(&self, topic: String, qos: QoS, retain: bool, payload: Vec<u8>, tag: Tag) -> bool {
-        let mut tags = self.tags.lock().unwrap_or_else(|p| p.into_inner());
-        match self.client.try_publish(topic.clone(), qos, retain, payload) {
-            Ok(()) => {
-                tags.push_back(tag);
-                true
-            }
-            Err(e) => {
-                tracing::warn!(%topic, error = %e, "publish not queued");
-                false
-            }
-        }
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, topic: String, qos: QoS, retain: bool, payload: Vec<u8>, kind: Kind) -> bool {
+        self.lock().out.push(Item {
+            topic,
+            qos,
+            retain,
+            payload,
+            kind,
+            generation: 0,
+        });
+        self.wake.notify_one();
+        true
     }
 
     fn send_json(&self, topic: String, retain: bool, value: &Value) -> bool {
-        self.send(
+        self.push(
             topic,
             QoS::AtLeastOnce,
             retain,
             value.to_string().into_bytes(),
-            Tag::Other,
+            Kind::Tracked,
         )
     }
 
     /// Health is telemetry: QoS 0, and skipped while offline (a stale report is worthless).
     pub fn health(&self, report: &Value) -> bool {
         self.is_connected()
-            && self.send(
+            && self.push(
                 self.topics.health(),
                 QoS::AtMostOnce,
                 false,
                 report.to_string().into_bytes(),
-                Tag::Other,
+                Kind::Health,
             )
     }
 
     pub fn reported(&self, kind: &str, value: &Value) -> bool {
         self.send_json(self.topics.reported(kind), true, value)
+    }
+
+    /// True when the broker acknowledged the latest `reported/{kind}` given in this process.
+    pub fn reported_settled(&self, kind: &str) -> bool {
+        self.lock().out.settled(&self.topics.reported(kind))
     }
 
     pub fn reply(&self, value: &Value) -> bool {
@@ -153,22 +202,43 @@ pub struct Identity {
 
 pub struct Transport {
     eventloop: EventLoop,
+    client: AsyncClient,
     publisher: Publisher,
     connected_tx: watch::Sender<bool>,
     inbound: mpsc::Sender<Inbound>,
     events: EventSink,
     birth: Value,
     offline: Value,
+    will: Value,
+    session: SessionState,
     backoff: Backoff,
     tls: bool,
     url: String,
     events_in_flight: usize,
+    /// Tags in the order publishes were handed to the client: rumqttc reports
+    /// `Outgoing::Publish(pkid)` in that same order, which is how a pkid is tied back to what
+    /// it carries. Only this task hands publishes over, so the order cannot interleave.
+    tags: VecDeque<Tag>,
     /// pkid → tag for QoS 1 publishes the broker has not acknowledged yet.
     unacked: HashMap<u16, Tag>,
     /// Event seqs queued and not yet acknowledged.
     events_sent: BTreeSet<u64>,
     delivered: BTreeSet<u64>,
     offline_acked: bool,
+    /// Downstream messages received and not yet given to the application (its queue was full).
+    held: VecDeque<Inbound>,
+    /// Downstream pkids given to the application → whether it has finished with them; a
+    /// redelivery of one of them (after a reconnect) is not given twice.
+    taken: HashMap<u16, bool>,
+    /// Acknowledgements the client has not taken yet.
+    acks: VecDeque<u16>,
+    ack_tx: mpsc::UnboundedSender<AckToken>,
+    ack_rx: mpsc::UnboundedReceiver<AckToken>,
+    /// Bumped whenever the broker starts a new session for us.
+    epoch: u64,
+    /// The broker confirmed our subscriptions in the session it holds.
+    subscribed: bool,
+    first_connect: bool,
     stats: Option<StatsPump>,
 }
 
@@ -192,19 +262,18 @@ impl Transport {
             &cfg.terminal.id,
             &cfg.terminal.groups,
         );
+        let session = SessionState::load(
+            crate::state::StateStore::open(&cfg.paths.state_dir)
+                .map_err(|e| tracing::error!(error = %e, "session counter not persisted"))
+                .ok(),
+        );
         let mut opts = MqttOptions::new(cfg.terminal.id.clone(), url.host.clone(), url.port);
         opts.set_keep_alive(Duration::from_secs(cfg.mqtt.keep_alive_s));
         opts.set_clean_session(false);
+        opts.set_manual_acks(true);
         opts.set_max_packet_size(MAX_INCOMING_PACKET, MAX_INCOMING_PACKET);
         opts.set_request_channel_capacity(REQUEST_CAPACITY);
-        let offline_lost =
-            json!({"status": "offline", "terminal_id": cfg.terminal.id, "reason": "lost"});
-        opts.set_last_will(LastWill::new(
-            topics.state(),
-            offline_lost.to_string(),
-            QoS::AtLeastOnce,
-            true,
-        ));
+        let will = json!({"status": "offline", "terminal_id": cfg.terminal.id, "reason": "lost"});
         if let Some(user) = &cfg.mqtt.username {
             let password = match &cfg.mqtt.password_file {
                 Some(p) => std::fs::read_to_string(p)
@@ -231,8 +300,8 @@ impl Transport {
         let (client, eventloop) = AsyncClient::new(opts, REQUEST_CAPACITY);
         let (connected_tx, connected_rx) = watch::channel(false);
         let publisher = Publisher {
-            client,
-            tags: Arc::new(Mutex::new(VecDeque::new())),
+            shared: Arc::new(Mutex::new(Shared::default())),
+            wake: Arc::new(Notify::new()),
             connected: connected_rx,
             topics: Arc::new(topics),
         };
@@ -246,30 +315,56 @@ impl Transport {
         });
         let offline =
             json!({"status": "offline", "terminal_id": cfg.terminal.id, "reason": "shutdown"});
-        Ok((
-            Self {
-                eventloop,
-                publisher: publisher.clone(),
-                connected_tx,
-                inbound,
-                events,
-                birth,
-                offline,
-                backoff: Backoff::new(
-                    Duration::from_secs(cfg.mqtt.reconnect_min_s),
-                    Duration::from_secs(cfg.mqtt.reconnect_max_s),
-                ),
-                tls: url.tls,
-                url: cfg.mqtt.url.clone(),
-                events_in_flight: cfg.mqtt.events_in_flight,
-                unacked: HashMap::new(),
-                events_sent: BTreeSet::new(),
-                delivered: BTreeSet::new(),
-                offline_acked: false,
-                stats: None,
-            },
-            publisher,
-        ))
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        let mut t = Self {
+            eventloop,
+            client,
+            publisher: publisher.clone(),
+            connected_tx,
+            inbound,
+            events,
+            birth,
+            offline,
+            will,
+            session,
+            backoff: Backoff::new(
+                Duration::from_secs(cfg.mqtt.reconnect_min_s),
+                Duration::from_secs(cfg.mqtt.reconnect_max_s),
+            ),
+            tls: url.tls,
+            url: cfg.mqtt.url.clone(),
+            events_in_flight: cfg.mqtt.events_in_flight,
+            tags: VecDeque::new(),
+            unacked: HashMap::new(),
+            events_sent: BTreeSet::new(),
+            delivered: BTreeSet::new(),
+            offline_acked: false,
+            held: VecDeque::new(),
+            taken: HashMap::new(),
+            acks: VecDeque::new(),
+            ack_tx,
+            ack_rx,
+            epoch: 0,
+            subscribed: false,
+            first_connect: true,
+            stats: None,
+        };
+        t.arm_will();
+        Ok((t, publisher))
+    }
+
+    /// The Last Will is part of CONNECT: register, for the next attempt, the session number
+    /// that connection will carry in its birth.
+    fn arm_will(&mut self) {
+        let mut will = self.will.clone();
+        will["session"] = json!(self.session.next());
+        let topic = self.publisher.topics.state();
+        self.eventloop.mqtt_options.set_last_will(LastWill::new(
+            topic,
+            will.to_string(),
+            QoS::AtLeastOnce,
+            true,
+        ));
     }
 
     fn connected(&self) -> bool {
@@ -300,23 +395,27 @@ impl Transport {
             .as_ref()
             .map(|s| s.outbox.wakeup.clone())
             .unwrap_or_default();
+        let out_wake = self.publisher.wake.clone();
+        let inbound = self.inbound.clone();
         let mut failures: u32 = 0;
         loop {
             let connected = self.connected();
+            let holding = !self.held.is_empty();
             tokio::select! {
                 biased;
                 _ = cancel.cancelled(), if stop_deadline.is_none() => {
                     if !connected {
                         break;
                     }
-                    self.publisher.send(
+                    let offline = self.offline.clone();
+                    self.publisher.push(
                         self.publisher.topics.state(),
                         QoS::AtLeastOnce,
                         true,
-                        self.offline.to_string().into_bytes(),
-                        Tag::Offline,
+                        offline.to_string().into_bytes(),
+                        Kind::Offline,
                     );
-                    self.pump_events();
+                    self.feed();
                     self.pump_stats();
                     stop_deadline = Some(Instant::now() + STOP_FLUSH);
                 }
@@ -324,8 +423,15 @@ impl Transport {
                     tracing::warn!(pending = self.events_sent.len(), "stop: broker did not confirm everything in time");
                     break;
                 }
+                permit = inbound.reserve(), if holding => {
+                    if let (Ok(permit), Some(msg)) = (permit, self.held.pop_front()) {
+                        permit.send(msg);
+                    }
+                }
+                Some(token) = self.ack_rx.recv() => self.on_app_ack(token),
                 _ = wakeup.notified(), if connected => self.pump_events(),
                 _ = stats_wakeup.notified(), if connected => self.pump_stats(),
+                _ = out_wake.notified(), if connected => self.feed(),
                 ev = self.eventloop.poll() => match ev {
                     Ok(event) => {
                         if let Event::Incoming(Packet::ConnAck(_)) = &event {
@@ -368,7 +474,7 @@ impl Transport {
             }
         }
         if self.connected() {
-            let _ = self.publisher.client.try_disconnect();
+            let _ = self.client.try_disconnect();
             let _ = tokio::time::timeout(Duration::from_secs(1), async {
                 loop {
                     match self.eventloop.poll().await {
@@ -382,90 +488,216 @@ impl Transport {
         let _ = self.connected_tx.send(false);
     }
 
+    fn on_connack(&mut self, session_present: bool) {
+        if !session_present {
+            // rumqttc drops what it had queued for a session the broker no longer has: forget
+            // those tags, put tracked reports and replies back in the queue, send the events
+            // again from the outbox, and forget downstream pkids of the old session.
+            let lost: Vec<Tag> = self
+                .unacked
+                .drain()
+                .map(|(_, t)| t)
+                .chain(self.tags.drain(..))
+                .collect();
+            {
+                let mut sh = self.publisher.lock();
+                for tag in lost {
+                    if let Tag::Item(item) = tag {
+                        sh.out.push_front(*item);
+                    }
+                }
+            }
+            self.events_sent.clear();
+            if let Some(st) = &mut self.stats {
+                st.sent.clear();
+            }
+            self.offline_acked = false;
+            self.taken.clear();
+            self.acks.clear();
+            self.epoch += 1;
+            self.subscribed = false;
+        }
+        let session = self.session.connected();
+        self.arm_will();
+        let _ = self.connected_tx.send(true);
+        self.backoff.reset();
+        let subs = self.publisher.topics.subscriptions();
+        // A present session already holds our subscriptions; subscribing again would make the
+        // broker re-send every retained document (MQTT 3.1.1 §3.8.4): a storm across a fleet.
+        let held_by_session =
+            self.subscribed || (self.first_connect && self.session.subscriptions_match(&subs));
+        let resubscribe = !session_present || !held_by_session;
+        self.first_connect = false;
+        if resubscribe {
+            let filters = subs
+                .into_iter()
+                .map(|t| rumqttc::SubscribeFilter::new(t, QoS::AtLeastOnce));
+            if let Err(e) = self.client.try_subscribe_many(filters) {
+                tracing::error!(error = %e, "cannot queue subscriptions");
+            }
+        } else {
+            self.subscribed = true;
+        }
+        let mut birth = self.birth.clone();
+        birth["session"] = json!(session);
+        self.publisher.lock().out.push_front(Item {
+            topic: self.publisher.topics.state(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            payload: birth.to_string().into_bytes(),
+            kind: Kind::Birth,
+            generation: 0,
+        });
+        self.feed();
+        self.pump_stats();
+    }
+
     fn on_event(&mut self, event: Event) {
         match event {
-            Event::Incoming(Packet::ConnAck(ack)) => {
-                if !ack.session_present {
-                    // rumqttc drops what it had queued for a session the broker no longer has:
-                    // forget those tags and send the events again from the outbox. While we
-                    // were disconnected only untagged publishes could have been queued.
-                    self.publisher
-                        .tags
+            Event::Incoming(Packet::ConnAck(ack)) => self.on_connack(ack.session_present),
+            Event::Incoming(Packet::SubAck(_)) => {
+                self.subscribed = true;
+                let subs = self.publisher.topics.subscriptions();
+                self.session.subscribed(&subs);
+            }
+            Event::Incoming(Packet::Publish(p)) => self.on_publish(p),
+            Event::Incoming(Packet::PubAck(ack)) => {
+                match self.unacked.remove(&ack.pkid) {
+                    Some(Tag::Event(seq)) => {
+                        self.events_sent.remove(&seq);
+                        self.events.ack(seq, &mut self.delivered);
+                        self.pump_events();
+                    }
+                    Some(Tag::Stats(seq)) => {
+                        if let Some(s) = &mut self.stats {
+                            s.sent.remove(&seq);
+                            s.outbox.ack(seq, &mut s.delivered);
+                        }
+                        self.pump_stats();
+                    }
+                    Some(Tag::Offline) => self.offline_acked = true,
+                    Some(Tag::Item(item)) if item.retain => self
+                        .publisher
                         .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .clear();
-                    self.unacked.clear();
-                    self.events_sent.clear();
-                    if let Some(s) = &mut self.stats {
-                        s.sent.clear();
-                    }
-                    self.offline_acked = false;
+                        .out
+                        .acknowledged(&item.topic, item.generation),
+                    _ => {}
                 }
-                let _ = self.connected_tx.send(true);
-                self.backoff.reset();
-                let subs = self
-                    .publisher
-                    .topics
-                    .subscriptions()
-                    .into_iter()
-                    .map(|t| rumqttc::SubscribeFilter::new(t, QoS::AtLeastOnce));
-                if let Err(e) = self.publisher.client.try_subscribe_many(subs) {
-                    tracing::error!(error = %e, "cannot queue subscriptions");
-                }
-                self.publisher.send(
-                    self.publisher.topics.state(),
-                    QoS::AtLeastOnce,
-                    true,
-                    self.birth.to_string().into_bytes(),
-                    Tag::Other,
-                );
-                self.pump_events();
-                self.pump_stats();
+                self.feed();
             }
-            Event::Incoming(Packet::Publish(p)) => {
-                let msg = Inbound {
-                    topic: p.topic.clone(),
-                    payload: p.payload.to_vec(),
-                    retain: p.retain,
-                };
-                if let Err(e) = self.inbound.try_send(msg) {
-                    tracing::warn!(topic = %p.topic, error = %e, "inbound queue full; message dropped");
-                }
-            }
-            Event::Incoming(Packet::PubAck(ack)) => match self.unacked.remove(&ack.pkid) {
-                Some(Tag::Event(seq)) => {
-                    self.events_sent.remove(&seq);
-                    self.events.ack(seq, &mut self.delivered);
-                    self.pump_events();
-                }
-                Some(Tag::Stats(seq)) => {
-                    if let Some(s) = &mut self.stats {
-                        s.sent.remove(&seq);
-                        s.outbox.ack(seq, &mut s.delivered);
-                    }
-                    self.pump_stats();
-                }
-                Some(Tag::Offline) => self.offline_acked = true,
-                _ => {}
-            },
             Event::Outgoing(Outgoing::Publish(pkid)) => {
                 // A pkid we already track is rumqttc re-sending after a reconnect.
                 if pkid != 0 && self.unacked.contains_key(&pkid) {
                     return;
                 }
-                let tag = self
-                    .publisher
-                    .tags
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .pop_front()
-                    .unwrap_or(Tag::Other);
+                let tag = self.tags.pop_front().unwrap_or(Tag::Untracked);
                 if pkid != 0 {
                     self.unacked.insert(pkid, tag);
                 }
+                self.feed();
             }
+            Event::Outgoing(Outgoing::PubAck(pkid)) => {
+                self.taken.remove(&pkid);
+                self.feed();
+            }
+            Event::Outgoing(_) => self.feed(),
             _ => {}
         }
+    }
+
+    fn on_publish(&mut self, p: rumqttc::Publish) {
+        let qos1 = p.qos != QoS::AtMostOnce;
+        if qos1 && let Some(&finished) = self.taken.get(&p.pkid) {
+            // Redelivered after a reconnect: the application has it already.
+            if finished {
+                self.acks.push_back(p.pkid);
+                self.feed();
+            }
+            return;
+        }
+        let ack = qos1.then(|| Ack {
+            token: AckToken {
+                pkid: p.pkid,
+                epoch: self.epoch,
+            },
+            tx: self.ack_tx.clone(),
+        });
+        if qos1 {
+            self.taken.insert(p.pkid, false);
+        }
+        let msg = Inbound {
+            topic: p.topic.clone(),
+            payload: p.payload.to_vec(),
+            retain: p.retain,
+            ack,
+        };
+        // Never wait on the application here: hold the message (unacknowledged, so the broker
+        // stops at its in-flight window) until the queue has room.
+        if self.held.is_empty() {
+            match self.inbound.try_send(msg) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(m)) => self.held.push_back(m),
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        } else {
+            self.held.push_back(msg);
+        }
+    }
+
+    fn on_app_ack(&mut self, token: AckToken) {
+        if token.epoch != self.epoch {
+            return;
+        }
+        if let Some(finished) = self.taken.get_mut(&token.pkid) {
+            *finished = true;
+            self.acks.push_back(token.pkid);
+            self.feed();
+        }
+    }
+
+    /// Hands over to the client what it has room for: acknowledgements first, then the
+    /// birth and queued publishes in order, then events. Whatever does not fit waits.
+    fn feed(&mut self) {
+        if !self.connected() {
+            return;
+        }
+        while let Some(&pkid) = self.acks.front() {
+            let mut p = rumqttc::Publish::new("", QoS::AtLeastOnce, Vec::new());
+            p.pkid = pkid;
+            if self.client.try_ack(&p).is_err() {
+                return;
+            }
+            self.acks.pop_front();
+        }
+        loop {
+            let Some(item) = self.publisher.lock().out.pop() else {
+                break;
+            };
+            let tag = match item.kind {
+                Kind::Tracked => Tag::Item(Box::new(item.clone())),
+                Kind::Offline => Tag::Offline,
+                Kind::Health | Kind::Birth => Tag::Untracked,
+            };
+            if !rumqttc::valid_topic(&item.topic) {
+                tracing::error!(topic = %item.topic, "not a valid topic; publish dropped");
+                continue;
+            }
+            let retain = item.retain || item.kind == Kind::Birth;
+            // With a valid topic, try_publish fails only when the request channel is full.
+            match self.client.try_publish(
+                item.topic.clone(),
+                item.qos,
+                retain,
+                item.payload.clone(),
+            ) {
+                Ok(()) => self.tags.push_back(tag),
+                Err(_) => {
+                    self.publisher.lock().out.push_front(item);
+                    return;
+                }
+            }
+        }
+        self.pump_events();
     }
 
     /// Queues the oldest unsent events, keeping at most `events_in_flight` unacknowledged.
@@ -485,15 +717,19 @@ impl Transport {
             let Ok(bytes) = serde_json::to_vec(&ev) else {
                 continue;
             };
-            if !self.publisher.send(
-                self.publisher.topics.events(),
-                QoS::AtLeastOnce,
-                false,
-                bytes,
-                Tag::Event(ev.seq),
-            ) {
+            if self
+                .client
+                .try_publish(
+                    self.publisher.topics.events(),
+                    QoS::AtLeastOnce,
+                    false,
+                    bytes,
+                )
+                .is_err()
+            {
                 break;
             }
+            self.tags.push_back(Tag::Event(ev.seq));
             self.events_sent.insert(ev.seq);
         }
     }
@@ -519,15 +755,19 @@ impl Transport {
             let Ok(bytes) = serde_json::to_vec(&rec) else {
                 continue;
             };
-            if !self.publisher.send(
-                self.publisher.topics.stats(),
-                QoS::AtLeastOnce,
-                false,
-                bytes,
-                Tag::Stats(rec.seq),
-            ) {
+            if self
+                .client
+                .try_publish(
+                    self.publisher.topics.stats(),
+                    QoS::AtLeastOnce,
+                    false,
+                    bytes,
+                )
+                .is_err()
+            {
                 break;
             }
+            self.tags.push_back(Tag::Stats(rec.seq));
             stats.sent.insert(rec.seq);
         }
     }

@@ -44,6 +44,10 @@ pub struct AppDoc {
     pub health: Option<HealthCheck>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<Window>,
+    /// Staged rollout (PROTOCOL §8): which terminals may start when. Gated by the control
+    /// layer before the document reaches the installer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::fleet::Rollout>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,6 +131,9 @@ impl AppDoc {
         }
         if !crate::config::valid_id(&self.name) {
             return Err(invalid("name", "must match [a-z0-9][a-z0-9-]{0,63}"));
+        }
+        if let Some(r) = &self.rollout {
+            r.validate().map_err(|m| invalid("rollout", m))?;
         }
         if !safe_component(&self.release) {
             return Err(invalid(
