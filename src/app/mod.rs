@@ -149,6 +149,10 @@ pub async fn run(cfg: Config, clock: SharedClock) -> Result<(), AppError> {
             }
         },
     );
+    let policy_worker = policy_worker.with_deadlines(crate::policy::engine::Deadlines {
+        check: Duration::from_secs(cfg.policy.check_timeout_s),
+        scan: Duration::from_secs(cfg.policy.scan_timeout_s),
+    });
     tracker.spawn(policy_worker.run(cancel.clone()));
 
     let (update_tx, update_rx) = mpsc::unbounded_channel();

@@ -268,11 +268,19 @@ impl Default for Updates {
 #[serde(deny_unknown_fields, default)]
 pub struct Policy {
     pub interval_s: u64,
+    /// One check past this is reported as `error` and the scan moves on.
+    pub check_timeout_s: u64,
+    /// A scan past this reports the rules it has not reached as `error`.
+    pub scan_timeout_s: u64,
 }
 
 impl Default for Policy {
     fn default() -> Self {
-        Self { interval_s: 3600 }
+        Self {
+            interval_s: 3600,
+            check_timeout_s: 30,
+            scan_timeout_s: 300,
+        }
     }
 }
 
@@ -532,6 +540,12 @@ impl Config {
         }
         if self.policy.interval_s == 0 {
             e.push("policy.interval_s: must be greater than 0".into());
+        }
+        if self.policy.check_timeout_s == 0 {
+            e.push("policy.check_timeout_s: must be greater than 0".into());
+        }
+        if self.policy.scan_timeout_s < self.policy.check_timeout_s {
+            e.push("policy.scan_timeout_s: must be at least check_timeout_s".into());
         }
         if let Some(at) = &self.patrol.at
             && parse_hhmm(at).is_none()

@@ -783,8 +783,14 @@ impl Control {
         if cmd.name == "security_reset" {
             return self.security_reset(&cmd.id);
         }
-        let r = commands::execute(&self.d, &cmd.name, &cmd.args).await;
-        self.reply(&cmd.id, r.status, r.code, &r.message, r.result);
+        // Commands that can take long (a scan, an inspection, a unit restart) run beside the
+        // loop and reply when done, so the commands and documents behind them are answered.
+        // The id is already recorded above: at-most-once does not depend on the task.
+        let d = self.d.clone();
+        tokio::spawn(async move {
+            let r = commands::execute(&d, &cmd.name, &cmd.args).await;
+            send_reply(&d, &cmd.id, r.status, r.code, &r.message, r.result);
+        });
     }
 
     /// The operator's way out of the lost-records state: the signed command says the floor as
@@ -820,15 +826,7 @@ impl Control {
     }
 
     fn reply(&self, id: &str, status: &str, code: &str, message: &str, result: Value) {
-        self.d.publisher.reply(&json!({
-            "id": id,
-            "terminal_id": self.d.cfg.terminal.id,
-            "status": status,
-            "code": code,
-            "message": message,
-            "result": result,
-            "ts": rfc3339(self.d.clock.now()),
-        }));
+        send_reply(&self.d, id, status, code, message, result);
     }
 }
 
@@ -889,4 +887,16 @@ async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
+}
+
+fn send_reply(d: &Deps, id: &str, status: &str, code: &str, message: &str, result: Value) {
+    d.publisher.reply(&json!({
+        "id": id,
+        "terminal_id": d.cfg.terminal.id,
+        "status": status,
+        "code": code,
+        "message": message,
+        "result": result,
+        "ts": rfc3339(d.clock.now()),
+    }));
 }
