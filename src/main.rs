@@ -71,7 +71,11 @@ fn main() -> ExitCode {
         }
     };
     let clock = Arc::new(SystemClock::from_env());
-    match runtime.block_on(kiosk_agent::app::run(cfg, clock)) {
+    let result = runtime.block_on(kiosk_agent::app::run(cfg, clock));
+    // A download blocked in a read stops at its next byte or its idle timeout; the journal
+    // resumes it on the next start, so exit now rather than wait inside systemd's stop timeout.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Our error messages already carry their causes. Logged once: to the journal under

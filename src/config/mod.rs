@@ -251,6 +251,14 @@ pub struct Updates {
     pub keep_releases: usize,
     pub ca_file: Option<PathBuf>,
     pub max_unpacked_bytes: u64,
+    /// A download attempt that receives nothing for this long fails (and is retried).
+    pub download_idle_timeout_s: u64,
+    /// Slowest average (bytes per second) accepted once an attempt has run for the idle timeout.
+    pub download_min_rate_bps: u64,
+    /// Further attempts after a transient failure, each resuming with `Range`.
+    pub download_retries: u32,
+    /// Pause before the first retry, doubled for each further one (at most 300 s).
+    pub download_retry_backoff_s: u64,
 }
 
 impl Default for Updates {
@@ -260,6 +268,10 @@ impl Default for Updates {
             keep_releases: 2,
             ca_file: None,
             max_unpacked_bytes: 4 * 1024 * 1024 * 1024,
+            download_idle_timeout_s: 60,
+            download_min_rate_bps: 1024,
+            download_retries: 3,
+            download_retry_backoff_s: 10,
         }
     }
 }
@@ -534,6 +546,12 @@ impl Config {
                     "commands.restart_units_allowed[{i}]: {u:?} is not a unit name"
                 ));
             }
+        }
+        if self.updates.download_idle_timeout_s == 0 {
+            e.push("updates.download_idle_timeout_s: must be greater than 0".into());
+        }
+        if self.updates.download_retries > 16 {
+            e.push("updates.download_retries: must be at most 16".into());
         }
         if self.updates.keep_releases == 0 {
             e.push("updates.keep_releases: must be at least 1 (the release in force)".into());
