@@ -89,7 +89,11 @@ pub async fn run(cfg: Config, clock: SharedClock) -> Result<(), AppError> {
             read: cfg.local.read_group.clone(),
             admin: cfg.local.admin_group.clone(),
         },
-    )?;
+    )?
+    .with_limits(
+        cfg.local.max_connections,
+        Duration::from_secs(cfg.local.idle_timeout_s),
+    );
 
     if recovery.corrupt_lines > 0 || recovery.meta_reset {
         events.emit(

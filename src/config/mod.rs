@@ -159,6 +159,12 @@ impl Default for Events {
 pub struct Local {
     pub read_group: String,
     pub admin_group: String,
+    /// Open socket connections at most; further ones are refused with `busy`. Also kept below
+    /// the process's open-file limit.
+    pub max_connections: usize,
+    /// A connection that sends no request for this long is closed, unless it holds a
+    /// subscription or an inhibitor (those are long-lived by design).
+    pub idle_timeout_s: u64,
 }
 
 impl Default for Local {
@@ -166,6 +172,8 @@ impl Default for Local {
         Self {
             read_group: "kiosk-tech".into(),
             admin_group: "kiosk-admin".into(),
+            max_connections: 256,
+            idle_timeout_s: 60,
         }
     }
 }
@@ -518,6 +526,12 @@ impl Config {
         }
         if self.local.admin_group.is_empty() {
             e.push("local.admin_group: must not be empty".into());
+        }
+        if self.local.max_connections == 0 {
+            e.push("local.max_connections: must be greater than 0".into());
+        }
+        if self.local.idle_timeout_s == 0 {
+            e.push("local.idle_timeout_s: must be greater than 0".into());
         }
         if self.log.level.parse::<tracing::Level>().is_err() {
             e.push("log.level: must be one of error, warn, info, debug, trace".into());
