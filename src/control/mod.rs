@@ -98,6 +98,10 @@ pub struct Control {
     progress: HashMap<(String, Option<crate::update::Step>), u8>,
     /// Side-loaded documents (the socket's `apply`), taken by `run`.
     local: Option<mpsc::Receiver<LocalApply>>,
+    /// kind → when a document whose apply failed for a transient reason is tried again.
+    retry_at: HashMap<String, tokio::time::Instant>,
+    /// kind → transient failures in a row (sets the backoff).
+    retry_n: HashMap<String, u32>,
 }
 
 /// A document handed in on the local socket (a USB stick in an air-gapped hall).
@@ -131,6 +135,10 @@ impl ControlHandle {
         rx.await.ok()
     }
 }
+
+/// First pause before a failed apply is tried again; doubled per failure, at most `RETRY_MAX`.
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_secs(5);
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -181,6 +189,8 @@ impl Control {
             applied: HashMap::new(),
             progress: HashMap::new(),
             local: None,
+            retry_at: HashMap::new(),
+            retry_n: HashMap::new(),
             limiter,
             topics,
             trust,
@@ -224,12 +234,20 @@ impl Control {
     ) {
         let mut local = self.local.take();
         loop {
+            let next_retry = self.retry_at.values().min().copied();
+            let retry = async {
+                match next_retry {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 Some(a) = recv_opt(&mut local) => {
                     let out = self.on_local_apply(&a.kind, &a.envelope);
                     let _ = a.reply.send(out);
                 }
+                _ = retry => self.retry_due(),
                 m = inbound.recv() => match m {
                     Some(m) => self.on_message(m).await,
                     None => break,
@@ -239,6 +257,22 @@ impl Control {
                     None => break,
                 },
             }
+        }
+    }
+
+    /// Applies again the documents whose transient failure has waited out its backoff.
+    fn retry_due(&mut self) {
+        let now = tokio::time::Instant::now();
+        let due: Vec<String> = self
+            .retry_at
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for kind in due {
+            self.retry_at.remove(&kind);
+            tracing::info!(kind, "applying again after a transient failure");
+            self.reconcile(&kind);
         }
     }
 
@@ -366,6 +400,16 @@ impl Control {
                     .is_some_and(|(t, v)| *t == target && *v == version);
                 if in_force {
                     return self.republish(kind);
+                }
+                if self
+                    .docs
+                    .get(kind)
+                    .and_then(|m| m.get(&target))
+                    .is_some_and(|d| d.version == version)
+                {
+                    // Accepted but not in force (its apply failed): sending it again tries again.
+                    self.retry_at.remove(kind);
+                    return self.reconcile(kind);
                 }
                 return None;
             }
@@ -508,6 +552,8 @@ impl Control {
 
     fn apply(&mut self, kind: &str, target: &str, doc: &Stored, fresh: bool) -> Value {
         let version = doc.version;
+        // Set when the failure is the host's (I/O, resources), not the document's.
+        let mut transient = false;
         let result: Result<(String, Value, &str), String> = match kind {
             "catalog" => {
                 let on_disk = std::fs::read(crate::catalog::path(&self.d.cfg.paths.state_dir)).ok();
@@ -524,7 +570,10 @@ impl Control {
                         (format!("catalog version {version} written"), s, "applied")
                     })
                 }
-                .map_err(|e| e.to_string())
+                .map_err(|e| {
+                    transient = matches!(e, crate::catalog::CatalogError::Write(_));
+                    e.to_string()
+                })
             }
             "schedule" => Schedule::parse(&doc.payload)
                 .map_err(|e| e.to_string())
@@ -564,9 +613,21 @@ impl Control {
         };
         match result {
             Ok((message, details, status)) => {
+                self.retry_at.remove(kind);
+                self.retry_n.remove(kind);
                 self.applied
                     .insert(kind.to_string(), (target.to_string(), version));
                 self.report(kind, target, version, status, message, details)
+            }
+            Err(e) if transient => {
+                let n = self.retry_n.entry(kind.to_string()).or_insert(0);
+                let pause = RETRY_FIRST.saturating_mul(1 << (*n).min(8)).min(RETRY_MAX);
+                *n += 1;
+                self.retry_at
+                    .insert(kind.to_string(), tokio::time::Instant::now() + pause);
+                let message = format!("{e}; trying again in {} s", pause.as_secs());
+                let details = json!({"code": "transient", "retry_in_s": pause.as_secs()});
+                self.report(kind, target, version, "failed", message, details)
             }
             Err(e) => self.report(kind, target, version, "failed", e, json!({})),
         }
