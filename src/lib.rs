@@ -22,6 +22,7 @@ pub mod config;
 pub mod control;
 pub mod events;
 pub mod host;
+pub mod limits;
 pub mod logging;
 pub mod maintenance;
 pub mod patrol;

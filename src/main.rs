@@ -43,6 +43,26 @@ fn main() -> ExitCode {
         }
     };
     if let Some(Cmd::CheckConfig { config_only }) = cli.cmd {
+        // Every file the daemon reads at start-up, opened and parsed as the daemon will.
+        let mut problems = kiosk_agent::config::check_files(&cfg);
+        if problems.is_empty()
+            && cfg.mqtt.url.starts_with("mqtts://")
+            && let Err(e) = kiosk_agent::transport::tls::client_config(
+                cfg.mqtt.ca_file.as_deref(),
+                cfg.mqtt.cert_file.as_deref(),
+                cfg.mqtt.key_file.as_deref(),
+            )
+        {
+            problems.push(e.to_string());
+        }
+        if !problems.is_empty() {
+            eprintln!(
+                "kiosk-agent: {}: invalid configuration:\n  {}",
+                cli.config.display(),
+                problems.join("\n  ")
+            );
+            return ExitCode::from(2);
+        }
         if !config_only && let Err(e) = kiosk_agent::trust::TrustStore::load(&cfg.paths.trust_file)
         {
             eprintln!(

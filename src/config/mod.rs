@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod files;
+pub use files::check_files;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
@@ -480,11 +483,15 @@ impl Config {
             e.push("mqtt.cert_file: cert_file and key_file go together".into());
         }
         let p = &self.mqtt.topic_prefix;
-        if p.is_empty() || p.starts_with('/') || p.ends_with('/') || p.contains(['#', '+']) {
-            e.push(
-                "mqtt.topic_prefix: must be non-empty, without wildcards or leading/trailing /"
-                    .into(),
-            );
+        if p.is_empty()
+            || p.starts_with('/')
+            || p.ends_with('/')
+            || p.contains(['#', '+', '\0'])
+            || p.split('/').any(str::is_empty)
+        {
+            e.push(format!(
+                "mqtt.topic_prefix: {p:?} must be non-empty, without MQTT wildcards (+ #), NUL, empty levels or leading/trailing /"
+            ));
         }
         if self.mqtt.keep_alive_s < 5 {
             e.push("mqtt.keep_alive_s: must be at least 5".into());
