@@ -51,7 +51,14 @@ fn wide_open_tar_gz(release: &str) -> Vec<u8> {
     e.finish().unwrap()
 }
 
-fn app_doc(name: &str, version: u64, target: &str, release: &str, url: &str, bytes: &[u8]) -> Vec<u8> {
+fn app_doc(
+    name: &str,
+    version: u64,
+    target: &str,
+    release: &str,
+    url: &str,
+    bytes: &[u8],
+) -> Vec<u8> {
     serde_json::to_vec(&json!({
         "kind": "app", "version": version, "target": target,
         "issued_at": "2026-11-29T08:00:00Z",
@@ -210,16 +217,28 @@ fn trickling_download_fails_in_bounded_time_and_another_app_updates_meanwhile() 
         "{msg}"
     );
     let applied = s
-        .seen_index(|m| m.topic.ends_with("/reported/app/kiosk-ui") && m.json()["status"] == "applied")
+        .seen_index(|m| {
+            m.topic.ends_with("/reported/app/kiosk-ui") && m.json()["status"] == "applied"
+        })
         .unwrap();
     let gave_up = s
-        .seen_index(|m| m.topic.ends_with("/reported/app/stalled") && m.json()["status"] == "failed")
+        .seen_index(|m| {
+            m.topic.ends_with("/reported/app/stalled") && m.json()["status"] == "failed"
+        })
         .unwrap();
-    assert!(applied < gave_up, "the second app waited for the stalled one");
+    assert!(
+        applied < gave_up,
+        "the second app waited for the stalled one"
+    );
 
     // Installed files keep their execute bits but lose group and world write.
     let rel = s.term.path("apps/kiosk-ui/releases/2.0");
-    for (p, want) in [("bin", 0o755), ("bin/app", 0o755), ("index.html", 0o644), ("", 0o755)] {
+    for (p, want) in [
+        ("bin", 0o755),
+        ("bin/app", 0o755),
+        ("index.html", 0o644),
+        ("", 0o755),
+    ] {
         let mode = std::fs::metadata(rel.join(p)).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode, want, "{p}: {mode:o}");
     }
@@ -243,7 +262,14 @@ fn newer_document_replaces_a_stalled_download() {
     s.publish(
         "desired/app/kiosk-ui",
         "app",
-        &app_doc("kiosk-ui", 2, &me, "2.0", &format!("file://{}", file.display()), &bytes),
+        &app_doc(
+            "kiosk-ui",
+            2,
+            &me,
+            "2.0",
+            &format!("file://{}", file.display()),
+            &bytes,
+        ),
     );
     let r = s.reported_app("kiosk-ui", 2, "applied");
     assert_eq!(r["details"]["current"], "2.0", "{r:#}");
@@ -320,7 +346,9 @@ fn connection_flood_is_capped_and_the_agent_keeps_answering() {
 
     // Long-lived by design: a subscriber and an inhibitor outlive the idle timeout.
     let mut sub = BufReader::new(UnixStream::connect(&sock).unwrap());
-    sub.get_mut().write_all(b"{\"op\":\"subscribe\"}\n").unwrap();
+    sub.get_mut()
+        .write_all(b"{\"op\":\"subscribe\"}\n")
+        .unwrap();
     assert_eq!(read_line(&mut sub)["ok"], true);
     let mut inh = BufReader::new(UnixStream::connect(&sock).unwrap());
     inh.get_mut()
@@ -337,7 +365,12 @@ fn connection_flood_is_capped_and_the_agent_keeps_answering() {
     let mut last = BufReader::new(flood.pop().unwrap());
     let busy = read_line(&mut last);
     assert_eq!(busy["error"]["code"], "busy", "{busy}");
-    assert!(busy["error"]["message"].as_str().unwrap().contains("at most 100"));
+    assert!(
+        busy["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 100")
+    );
 
     // The platform's path is not the socket's: a ping is answered during the flood.
     s.command("ping-during-flood", "ping", json!({}));
@@ -376,7 +409,11 @@ fn connection_flood_is_capped_and_the_agent_keeps_answering() {
         (1..=3).contains(&refusals),
         "{refusals} refusal lines for one flood"
     );
-    assert!(log.lines().count() < 200, "log grew to {} lines", log.lines().count());
+    assert!(
+        log.lines().count() < 200,
+        "log grew to {} lines",
+        log.lines().count()
+    );
     eprintln!(
         "RSS: {before} kB before the flood, {} kB after (agent pid {pid})",
         rss_kb(pid)
@@ -392,8 +429,11 @@ fn special_files_at_checked_paths_are_errors_and_commands_keep_flowing() {
     let root = term.path("root");
     let etc = root.join("etc");
     std::fs::create_dir_all(&etc).unwrap();
-    nix::unistd::mkfifo(&etc.join("fifo.conf"), nix::sys::stat::Mode::from_bits_truncate(0o644))
-        .unwrap();
+    nix::unistd::mkfifo(
+        &etc.join("fifo.conf"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
     let _listener = std::os::unix::net::UnixListener::bind(etc.join("sock.conf")).unwrap();
     nix::sys::stat::mknod(
         &etc.join("chr.conf"),
@@ -407,10 +447,9 @@ fn special_files_at_checked_paths_are_errors_and_commands_keep_flowing() {
     let agent = Agent::start(&term.config(&broker.url(), "[policy]\ncheck_timeout_s = 5\n"));
     platform.wait_json("/state", |v| v["status"] == "online");
     let me = format!("t/{id}");
-    let rule = |rid: &str, check: Value| {
-        json!({"id": rid, "title": rid, "severity": "high", "clause": "8.1", "check": check})
-    };
-    let fc = |p: &str| json!({"type": "file_contains", "path": p, "pattern": "x", "expect": "absent"});
+    let rule = |rid: &str, check: Value| json!({"id": rid, "title": rid, "severity": "high", "clause": "8.1", "check": check});
+    let fc =
+        |p: &str| json!({"type": "file_contains", "path": p, "pattern": "x", "expect": "absent"});
     let policy = serde_json::to_vec(&json!({
         "kind": "policy", "version": 1, "target": me, "issued_at": "2026-11-29T08:00:00Z",
         "rules": [
@@ -479,7 +518,12 @@ fn transient_catalog_write_failure_is_retried() {
         .platform
         .wait_json("/reported/catalog", |v| v["status"] == "failed");
     assert_eq!(failed["details"]["code"], "transient", "{failed:#}");
-    assert!(failed["message"].as_str().unwrap().contains("trying again in 5 s"));
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap()
+            .contains("trying again in 5 s")
+    );
     std::fs::remove_file(&blocker).unwrap();
     let applied = s
         .platform
@@ -503,7 +547,12 @@ fn array_shaped_envelope_and_over_long_free_text_are_refused() {
     );
     let ev = s.platform.event("security.rejected");
     assert_eq!(ev["details"]["reason"], "bad_envelope", "{ev:#}");
-    assert!(ev["message"].as_str().unwrap().contains("an envelope is a JSON object"));
+    assert!(
+        ev["message"]
+            .as_str()
+            .unwrap()
+            .contains("an envelope is a JSON object")
+    );
 
     // A signed document whose payload is an array.
     let arr_doc = serde_json::to_vec(&json!(["catalog", 1, me])).unwrap();
@@ -511,10 +560,20 @@ fn array_shaped_envelope_and_over_long_free_text_are_refused() {
     let ev = s.platform.wait_json("/events", |v| {
         v["code"] == "security.rejected" && v["details"]["reason"] == "invalid_document"
     });
-    assert!(ev["message"].as_str().unwrap().contains("not a JSON object"), "{ev:#}");
+    assert!(
+        ev["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a JSON object"),
+        "{ev:#}"
+    );
 
     // An over-long reason, from the platform and from the socket.
-    s.command("long-1", "maintenance", json!({"on": true, "reason": "x".repeat(1000)}));
+    s.command(
+        "long-1",
+        "maintenance",
+        json!({"on": true, "reason": "x".repeat(1000)}),
+    );
     let r = s.reply("long-1");
     assert_eq!(r["status"], "error");
     assert_eq!(r["code"], "invalid");
@@ -523,15 +582,26 @@ fn array_shaped_envelope_and_over_long_free_text_are_refused() {
         "args.reason is 1000 characters; at most 256 are accepted"
     );
     let sock = s.term.socket();
-    let r = socket_call(&sock, &json!({"op": "maintenance", "on": true, "reason": "y".repeat(300)}));
+    let r = socket_call(
+        &sock,
+        &json!({"op": "maintenance", "on": true, "reason": "y".repeat(300)}),
+    );
     assert_eq!(r["error"]["code"], "invalid", "{r}");
     assert_eq!(
         r["error"]["message"],
         "reason is 300 characters; at most 256 are accepted"
     );
-    let r = socket_call(&sock, &json!({"op": "inhibit", "who": "ui", "why": "z".repeat(257)}));
+    let r = socket_call(
+        &sock,
+        &json!({"op": "inhibit", "who": "ui", "why": "z".repeat(257)}),
+    );
     assert_eq!(r["error"]["code"], "invalid", "{r}");
-    assert!(r["error"]["message"].as_str().unwrap().starts_with("why is 257 characters"));
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("why is 257 characters")
+    );
     // Nothing was stored.
     let st = socket_call(&sock, &json!({"op": "status"}));
     assert_eq!(st["data"]["maintenance"]["on"], false, "{st:#}");
@@ -567,7 +637,11 @@ fn check_config_names_each_bad_file_and_topic_prefix() {
     std::fs::write(p("key.pem"), ca.signing_key.serialize_pem()).unwrap();
     std::fs::write(p("garbage.pem"), b"\x00\x01 not pem at all").unwrap();
     std::fs::create_dir(p("dir.pem")).unwrap();
-    nix::unistd::mkfifo(&p("fifo.pem"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    nix::unistd::mkfifo(
+        &p("fifo.pem"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
     std::fs::write(p("empty.txt"), b"\n").unwrap();
     let tls = |ca: &str, cert: &str, key: &str| {
         format!(
@@ -580,28 +654,73 @@ fn check_config_names_each_bad_file_and_topic_prefix() {
     let (ok, err) = check_config(d.path(), &tls("ca.pem", "ca.pem", "key.pem"));
     assert!(ok, "a good TLS config passes: {err}");
     for (mqtt, key, why) in [
-        (tls("missing.pem", "ca.pem", "key.pem"), "mqtt.ca_file", "No such file"),
-        (tls("garbage.pem", "ca.pem", "key.pem"), "mqtt.ca_file", "no PEM certificate"),
-        (tls("ca.pem", "dir.pem", "key.pem"), "mqtt.cert_file", "is a directory"),
-        (tls("ca.pem", "ca.pem", "fifo.pem"), "mqtt.key_file", "is not a regular file"),
-        (tls("ca.pem", "ca.pem", "ca.pem"), "mqtt.key_file", "not a PEM private key"),
-        (tls("ca.pem", "ca.pem", "garbage.pem"), "mqtt.key_file", "not a PEM private key"),
         (
-            format!("url = \"mqtt://127.0.0.1:1883\"\nusername = \"k\"\npassword_file = \"{}\"", p("nope").display()),
+            tls("missing.pem", "ca.pem", "key.pem"),
+            "mqtt.ca_file",
+            "No such file",
+        ),
+        (
+            tls("garbage.pem", "ca.pem", "key.pem"),
+            "mqtt.ca_file",
+            "no PEM certificate",
+        ),
+        (
+            tls("ca.pem", "dir.pem", "key.pem"),
+            "mqtt.cert_file",
+            "is a directory",
+        ),
+        (
+            tls("ca.pem", "ca.pem", "fifo.pem"),
+            "mqtt.key_file",
+            "is not a regular file",
+        ),
+        (
+            tls("ca.pem", "ca.pem", "ca.pem"),
+            "mqtt.key_file",
+            "not a PEM private key",
+        ),
+        (
+            tls("ca.pem", "ca.pem", "garbage.pem"),
+            "mqtt.key_file",
+            "not a PEM private key",
+        ),
+        (
+            format!(
+                "url = \"mqtt://127.0.0.1:1883\"\nusername = \"k\"\npassword_file = \"{}\"",
+                p("nope").display()
+            ),
             "mqtt.password_file",
             "No such file",
         ),
         (
-            format!("url = \"mqtt://127.0.0.1:1883\"\nusername = \"k\"\npassword_file = \"{}\"", p("empty.txt").display()),
+            format!(
+                "url = \"mqtt://127.0.0.1:1883\"\nusername = \"k\"\npassword_file = \"{}\"",
+                p("empty.txt").display()
+            ),
             "mqtt.password_file",
             "is empty",
         ),
-        ("url = \"mqtt://127.0.0.1:1883\"\ntopic_prefix = \"kiosk/+/v1\"".into(), "mqtt.topic_prefix", "wildcards"),
-        ("url = \"mqtt://127.0.0.1:1883\"\ntopic_prefix = \"kiosk/#\"".into(), "mqtt.topic_prefix", "wildcards"),
-        ("url = \"mqtt://127.0.0.1:1883\"\ntopic_prefix = \"kiosk\\u0000v1\"".into(), "mqtt.topic_prefix", "NUL"),
+        (
+            "url = \"mqtt://127.0.0.1:1883\"\ntopic_prefix = \"kiosk/+/v1\"".into(),
+            "mqtt.topic_prefix",
+            "wildcards",
+        ),
+        (
+            "url = \"mqtt://127.0.0.1:1883\"\ntopic_prefix = \"kiosk/#\"".into(),
+            "mqtt.topic_prefix",
+            "wildcards",
+        ),
+        (
+            "url = \"mqtt://127.0.0.1:1883\"\ntopic_prefix = \"kiosk\\u0000v1\"".into(),
+            "mqtt.topic_prefix",
+            "NUL",
+        ),
     ] {
         let (ok, err) = check_config(d.path(), &mqtt);
         assert!(!ok, "{mqtt} passed");
-        assert!(err.contains(&format!("{key}: ")) && err.contains(why), "{mqtt}: {err}");
+        assert!(
+            err.contains(&format!("{key}: ")) && err.contains(why),
+            "{mqtt}: {err}"
+        );
     }
 }

@@ -140,7 +140,8 @@ pub async fn execute(d: &Deps, name: &str, args: &Map<String, Value>) -> Command
                 return error("bad_args", "args.on (true|false) is required");
             };
             let reason = args.get("reason").and_then(Value::as_str).unwrap_or("");
-            if let Err(m) = crate::limits::text("args.reason", reason, crate::limits::REASON_CHARS) {
+            if let Err(m) = crate::limits::text("args.reason", reason, crate::limits::REASON_CHARS)
+            {
                 return error("invalid", m);
             }
             match d

@@ -28,7 +28,10 @@ pub fn confined(host: &HostPaths, host_path: &str) -> io::Result<PathBuf> {
         Err(e @ RemediateError::Refused { .. }) => {
             Err(io::Error::new(io::ErrorKind::NotFound, e.to_string()))
         }
-        Err(e) => Err(io::Error::new(io::ErrorKind::PermissionDenied, e.to_string())),
+        Err(e) => Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            e.to_string(),
+        )),
     }
 }
 

@@ -179,7 +179,8 @@ pub fn deadline(size: u64, opts: &FetchOptions) -> Duration {
 }
 
 fn backoff(base: Duration, attempt: u32) -> Duration {
-    base.saturating_mul(1u32 << attempt.min(16)).min(MAX_BACKOFF)
+    base.saturating_mul(1u32 << attempt.min(16))
+        .min(MAX_BACKOFF)
 }
 
 /// What was fetched: the verified file and how much of it came from an earlier attempt.
@@ -564,7 +565,10 @@ fn finish(url: &str, sink: &Sink<'_>, r: io::Result<Pumped>) -> Result<(), Fetch
         Err(e) if e.kind() == io::ErrorKind::TimedOut || e.to_string().contains("timeout") => {
             Err(FetchError::Stalled {
                 url: url.to_string(),
-                message: format!("nothing received for {} s ({e})", sink.idle_timeout.as_secs()),
+                message: format!(
+                    "nothing received for {} s ({e})",
+                    sink.idle_timeout.as_secs()
+                ),
             })
         }
         Err(e) if e.kind() == io::ErrorKind::InvalidData && sink.written == sink.size => {
