@@ -758,15 +758,19 @@ impl Control {
     }
 
     fn security_rejected(&mut self, topic: &str, target: Option<&str>, err: &TrustError) {
-        tracing::warn!(topic, reason = err.code(), "refused: {err}");
-        if let Some(suppressed) = self.limiter.allow(std::time::Instant::now()) {
-            self.d.events.emit(
-                Severity::Major,
-                "security.rejected",
-                format!("refused {topic}: {err}"),
-                json!({"topic": topic, "target": target, "reason": err.code(), "suppressed": suppressed}),
-            );
-        }
+        // The journal gets what the platform gets: a flood of junk costs one line per
+        // allowed event, the rest only at debug level.
+        let Some(suppressed) = self.limiter.allow(std::time::Instant::now()) else {
+            tracing::debug!(topic, reason = err.code(), "refused: {err}");
+            return;
+        };
+        tracing::warn!(topic, reason = err.code(), suppressed, "refused: {err}");
+        self.d.events.emit(
+            Severity::Major,
+            "security.rejected",
+            format!("refused {topic}: {err}"),
+            json!({"topic": topic, "target": target, "reason": err.code(), "suppressed": suppressed}),
+        );
     }
 
     fn prune_seen(&mut self) {
