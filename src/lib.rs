@@ -23,6 +23,7 @@ pub mod control;
 pub mod events;
 pub mod fleet;
 pub mod host;
+pub mod limits;
 pub mod logging;
 pub mod maintenance;
 pub mod patrol;

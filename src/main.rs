@@ -43,6 +43,26 @@ fn main() -> ExitCode {
         }
     };
     if let Some(Cmd::CheckConfig { config_only }) = cli.cmd {
+        // Every file the daemon reads at start-up, opened and parsed as the daemon will.
+        let mut problems = kiosk_agent::config::check_files(&cfg);
+        if problems.is_empty()
+            && cfg.mqtt.url.starts_with("mqtts://")
+            && let Err(e) = kiosk_agent::transport::tls::client_config(
+                cfg.mqtt.ca_file.as_deref(),
+                cfg.mqtt.cert_file.as_deref(),
+                cfg.mqtt.key_file.as_deref(),
+            )
+        {
+            problems.push(e.to_string());
+        }
+        if !problems.is_empty() {
+            eprintln!(
+                "kiosk-agent: {}: invalid configuration:\n  {}",
+                cli.config.display(),
+                problems.join("\n  ")
+            );
+            return ExitCode::from(2);
+        }
         if !config_only && let Err(e) = kiosk_agent::trust::TrustStore::load(&cfg.paths.trust_file)
         {
             eprintln!(
@@ -59,6 +79,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    kiosk_agent::app::limit_arenas();
     kiosk_agent::logging::init(&cfg.log.level);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -71,7 +92,11 @@ fn main() -> ExitCode {
         }
     };
     let clock = Arc::new(SystemClock::from_env());
-    match runtime.block_on(kiosk_agent::app::run(cfg, clock)) {
+    let result = runtime.block_on(kiosk_agent::app::run(cfg, clock));
+    // A download blocked in a read stops at its next byte or its idle timeout; the journal
+    // resumes it on the next start, so exit now rather than wait inside systemd's stop timeout.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Our error messages already carry their causes. Logged once: to the journal under

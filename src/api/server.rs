@@ -6,7 +6,8 @@ use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -57,6 +58,50 @@ pub struct Groups {
 pub struct Server {
     listener: UnixListener,
     groups: Groups,
+    max_connections: usize,
+    idle_timeout: Duration,
+}
+
+/// File descriptors kept free beside socket clients: state files, downloads, journald, MQTT.
+const FD_RESERVE: u64 = 64;
+/// Refusals and accept failures are logged at most once per this interval, with a count.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The connection cap actually used: the configured one, kept below the open-file limit so
+/// socket clients can never take the descriptors the rest of the agent needs.
+pub fn effective_cap(configured: usize) -> usize {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024);
+    let room = soft.saturating_sub(FD_RESERVE).max(8) as usize;
+    configured.min(room)
+}
+
+/// Counts what happened since the last log line, so a flood costs one line per interval.
+struct Throttled {
+    what: &'static str,
+    count: u64,
+    last: Option<Instant>,
+}
+
+impl Throttled {
+    fn new(what: &'static str) -> Self {
+        Self {
+            what,
+            count: 0,
+            last: None,
+        }
+    }
+
+    fn hit(&mut self, detail: &dyn std::fmt::Display) {
+        self.count += 1;
+        let now = Instant::now();
+        if self.last.is_none_or(|l| now.duration_since(l) >= LOG_EVERY) {
+            tracing::warn!(count = self.count, "{}: {detail}", self.what);
+            self.count = 0;
+            self.last = Some(now);
+        }
+    }
 }
 
 impl Server {
@@ -83,22 +128,63 @@ impl Server {
         } else {
             tracing::warn!(group = %groups.read, "local.read_group does not exist; only root can use the socket");
         }
-        Ok(Self { listener, groups })
+        Ok(Self {
+            listener,
+            groups,
+            max_connections: 256,
+            idle_timeout: Duration::from_secs(60),
+        })
+    }
+
+    /// Connection cap (see [`effective_cap`]) and idle timeout (config `local.*`).
+    pub fn with_limits(mut self, max_connections: usize, idle_timeout: Duration) -> Self {
+        self.max_connections = max_connections;
+        self.idle_timeout = idle_timeout;
+        self
     }
 
     pub async fn run<H: Handler>(self, handler: Arc<H>, cancel: CancellationToken) {
         let next_id = AtomicU64::new(1);
         let tracker = tokio_util::task::TaskTracker::new();
+        let cap = effective_cap(self.max_connections);
+        let open = Arc::new(AtomicUsize::new(0));
+        let mut refused = Throttled::new("socket connection refused: too many open connections");
+        let mut failed = Throttled::new("socket accept failed; backing off");
+        let mut pause = Duration::ZERO;
         loop {
+            if !pause.is_zero() {
+                // Out of descriptors (EMFILE/ENFILE) or another accept error: the pending
+                // connection stays in the backlog, so retrying at once would only spin.
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+            }
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, _)) => {
+                        pause = Duration::ZERO;
+                        if open.load(Ordering::Relaxed) >= cap {
+                            refused.hit(&format_args!("cap {cap}"));
+                            refuse(stream, cap);
+                            continue;
+                        }
+                        open.fetch_add(1, Ordering::Relaxed);
                         let id = next_id.fetch_add(1, Ordering::Relaxed);
                         let conn = identify(&stream, id, &self.groups);
-                        tracker.spawn(serve(stream, conn, handler.clone(), cancel.clone()));
+                        let open = open.clone();
+                        let idle = self.idle_timeout;
+                        let (h, c) = (handler.clone(), cancel.clone());
+                        tracker.spawn(async move {
+                            serve(stream, conn, h, c, idle).await;
+                            open.fetch_sub(1, Ordering::Relaxed);
+                        });
                     }
-                    Err(e) => tracing::warn!(error = %e, "socket accept failed"),
+                    Err(e) => {
+                        failed.hit(&e);
+                        pause = (pause * 2).clamp(Duration::from_millis(50), Duration::from_secs(1));
+                    }
                 }
             }
         }
@@ -165,11 +251,23 @@ fn identify(stream: &UnixStream, id: u64, groups: &Groups) -> Conn {
     }
 }
 
+/// Tells a connection over the cap why it is closed, without waiting on it.
+fn refuse(stream: UnixStream, cap: usize) {
+    let mut line = proto::error(
+        "busy",
+        format!("too many open connections to the agent (at most {cap}); try again shortly"),
+    )
+    .to_string();
+    line.push('\n');
+    let _ = stream.try_write(line.as_bytes());
+}
+
 async fn serve<H: Handler>(
     stream: UnixStream,
     conn: Conn,
     handler: Arc<H>,
     cancel: CancellationToken,
+    idle: Duration,
 ) {
     let (rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<String>(64);
@@ -184,11 +282,34 @@ async fn serve<H: Handler>(
     let mut reader = BufReader::new(rd);
     let mut subscription: Option<tokio::task::JoinHandle<()>> = None;
     let mut buf = Vec::new();
+    // Held inhibitors; while any is held (or a subscription runs) the connection is long-lived
+    // by design and the idle timeout does not apply.
+    let mut holds = 0u8;
     loop {
         buf.clear();
         let mut limited = (&mut reader).take(MAX_LINE + 1);
+        let long_lived = subscription.is_some() || holds > 0;
+        let timer = async {
+            if long_lived {
+                std::future::pending::<()>().await
+            } else {
+                tokio::time::sleep(idle).await
+            }
+        };
         let n = tokio::select! {
             _ = cancel.cancelled() => break,
+            _ = timer => {
+                let _ = tx
+                    .send(
+                        proto::error(
+                            "idle_timeout",
+                            format!("no request for {} s; connection closed", idle.as_secs()),
+                        )
+                        .to_string(),
+                    )
+                    .await;
+                break;
+            }
             n = limited.read_until(b'\n', &mut buf) => n,
         };
         match n {
@@ -226,7 +347,18 @@ async fn serve<H: Handler>(
                     }
                     proto::ok(json!({"subscribed": true}))
                 }
-                Some(op) => handler.handle(&conn, op, &req).await,
+                Some(op) => {
+                    let r = handler.handle(&conn, op, &req).await;
+                    if r.get("ok") == Some(&Value::Bool(true)) {
+                        match op {
+                            "inhibit" => holds = 1,
+                            // `release` drops every inhibitor this connection held.
+                            "release" => holds = 0,
+                            _ => {}
+                        }
+                    }
+                    r
+                }
             },
             Err(e) => proto::error("bad_request", format!("not JSON: {e}")),
         };

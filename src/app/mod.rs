@@ -89,7 +89,11 @@ pub async fn run(cfg: Config, clock: SharedClock) -> Result<(), AppError> {
             read: cfg.local.read_group.clone(),
             admin: cfg.local.admin_group.clone(),
         },
-    )?;
+    )?
+    .with_limits(
+        cfg.local.max_connections,
+        Duration::from_secs(cfg.local.idle_timeout_s),
+    );
 
     if recovery.corrupt_lines > 0 || recovery.meta_reset {
         events.emit(
@@ -149,6 +153,10 @@ pub async fn run(cfg: Config, clock: SharedClock) -> Result<(), AppError> {
             }
         },
     );
+    let policy_worker = policy_worker.with_deadlines(crate::policy::engine::Deadlines {
+        check: Duration::from_secs(cfg.policy.check_timeout_s),
+        scan: Duration::from_secs(cfg.policy.scan_timeout_s),
+    });
     tracker.spawn(policy_worker.run(cancel.clone()));
 
     let (update_tx, update_rx) = mpsc::unbounded_channel();
@@ -244,6 +252,7 @@ pub async fn run(cfg: Config, clock: SharedClock) -> Result<(), AppError> {
     tracker.spawn(server.run(ops.clone(), cancel.clone()));
     tracker.spawn(control.run(inbound_rx, update_rx, cancel.clone()));
     tracker.spawn(watchdog(cancel.clone()));
+    tracker.spawn(release_heap(cancel.clone()));
     tracker.close();
 
     notify(&[
@@ -285,6 +294,43 @@ async fn wait_for_stop() -> Result<(), AppError> {
         _ = int.recv() => {}
     }
     Ok(())
+}
+
+/// Hands freed heap pages back to the kernel now and then. After a burst (a connection flood,
+/// a storm of refused messages) glibc keeps the freed memory in its arenas, so RSS stays at
+/// the burst's peak although nothing holds it; `malloc_trim` returns it. Cheap when there is
+/// nothing to give back.
+async fn release_heap(cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(HEAP_TRIM_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => trim_heap(),
+        }
+    }
+}
+
+const HEAP_TRIM_EVERY: Duration = Duration::from_secs(15);
+
+/// Returns free heap pages to the kernel (glibc only; a no-op elsewhere).
+pub fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it has no preconditions.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
+}
+
+/// Caps glibc's malloc arenas: each thread that allocates (the blocking pool's download,
+/// policy and probe threads) would otherwise get its own arena and keep its peak. Call once,
+/// before any thread is started.
+pub fn limit_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt with a documented parameter, called before other threads exist.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_ARENA_MAX, 2);
+    }
 }
 
 /// Pings the systemd watchdog at half its period from the runtime itself, so a wedged runtime

@@ -155,6 +155,9 @@ impl Handler for LocalOps {
                     return proto::error("bad_request", "maintenance needs \"on\": true|false");
                 };
                 let reason = req.get("reason").and_then(Value::as_str).unwrap_or("");
+                if let Err(m) = crate::limits::text("reason", reason, crate::limits::REASON_CHARS) {
+                    return proto::error("invalid", m);
+                }
                 let by = format!("local:{}", conn.uid);
                 match self
                     .maintenance
@@ -200,11 +203,13 @@ impl Handler for LocalOps {
             "inhibit" => {
                 let who = req.get("who").and_then(Value::as_str).unwrap_or("").trim();
                 let why = req.get("why").and_then(Value::as_str).unwrap_or("").trim();
-                if who.is_empty() || who.len() > 128 || why.len() > 256 {
-                    return proto::error(
-                        "bad_request",
-                        "inhibit needs \"who\" (1-128 chars) and \"why\" (at most 256)",
-                    );
+                if who.is_empty() {
+                    return proto::error("bad_request", "inhibit needs \"who\"");
+                }
+                if let Err(m) = crate::limits::text("who", who, crate::limits::WHO_CHARS)
+                    .and_then(|()| crate::limits::text("why", why, crate::limits::WHY_CHARS))
+                {
+                    return proto::error("invalid", m);
                 }
                 self.power.inhibit(conn.id, who, why);
                 proto::ok(json!({"held": true, "who": who, "why": why}))

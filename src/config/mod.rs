@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod files;
+pub use files::check_files;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
@@ -159,6 +162,12 @@ impl Default for Events {
 pub struct Local {
     pub read_group: String,
     pub admin_group: String,
+    /// Open socket connections at most; further ones are refused with `busy`. Also kept below
+    /// the process's open-file limit.
+    pub max_connections: usize,
+    /// A connection that sends no request for this long is closed, unless it holds a
+    /// subscription or an inhibitor (those are long-lived by design).
+    pub idle_timeout_s: u64,
 }
 
 impl Default for Local {
@@ -166,6 +175,8 @@ impl Default for Local {
         Self {
             read_group: "kiosk-tech".into(),
             admin_group: "kiosk-admin".into(),
+            max_connections: 256,
+            idle_timeout_s: 60,
         }
     }
 }
@@ -260,6 +271,14 @@ pub struct Updates {
     pub keep_releases: usize,
     pub ca_file: Option<PathBuf>,
     pub max_unpacked_bytes: u64,
+    /// A download attempt that receives nothing for this long fails (and is retried).
+    pub download_idle_timeout_s: u64,
+    /// Slowest average (bytes per second) accepted once an attempt has run for the idle timeout.
+    pub download_min_rate_bps: u64,
+    /// Further attempts after a transient failure, each resuming with `Range`.
+    pub download_retries: u32,
+    /// Pause before the first retry, doubled for each further one (at most 300 s).
+    pub download_retry_backoff_s: u64,
 }
 
 impl Default for Updates {
@@ -269,6 +288,10 @@ impl Default for Updates {
             keep_releases: 2,
             ca_file: None,
             max_unpacked_bytes: 4 * 1024 * 1024 * 1024,
+            download_idle_timeout_s: 60,
+            download_min_rate_bps: 1024,
+            download_retries: 3,
+            download_retry_backoff_s: 10,
         }
     }
 }
@@ -277,11 +300,19 @@ impl Default for Updates {
 #[serde(deny_unknown_fields, default)]
 pub struct Policy {
     pub interval_s: u64,
+    /// One check past this is reported as `error` and the scan moves on.
+    pub check_timeout_s: u64,
+    /// A scan past this reports the rules it has not reached as `error`.
+    pub scan_timeout_s: u64,
 }
 
 impl Default for Policy {
     fn default() -> Self {
-        Self { interval_s: 3600 }
+        Self {
+            interval_s: 3600,
+            check_timeout_s: 30,
+            scan_timeout_s: 300,
+        }
     }
 }
 
@@ -463,11 +494,15 @@ impl Config {
             e.push("mqtt.cert_file: cert_file and key_file go together".into());
         }
         let p = &self.mqtt.topic_prefix;
-        if p.is_empty() || p.starts_with('/') || p.ends_with('/') || p.contains(['#', '+']) {
-            e.push(
-                "mqtt.topic_prefix: must be non-empty, without wildcards or leading/trailing /"
-                    .into(),
-            );
+        if p.is_empty()
+            || p.starts_with('/')
+            || p.ends_with('/')
+            || p.contains(['#', '+', '\0'])
+            || p.split('/').any(str::is_empty)
+        {
+            e.push(format!(
+                "mqtt.topic_prefix: {p:?} must be non-empty, without MQTT wildcards (+ #), NUL, empty levels or leading/trailing /"
+            ));
         }
         if self.mqtt.keep_alive_s < 5 {
             e.push("mqtt.keep_alive_s: must be at least 5".into());
@@ -510,6 +545,12 @@ impl Config {
         if self.local.admin_group.is_empty() {
             e.push("local.admin_group: must not be empty".into());
         }
+        if self.local.max_connections == 0 {
+            e.push("local.max_connections: must be greater than 0".into());
+        }
+        if self.local.idle_timeout_s == 0 {
+            e.push("local.idle_timeout_s: must be greater than 0".into());
+        }
         if self.log.level.parse::<tracing::Level>().is_err() {
             e.push("log.level: must be one of error, warn, info, debug, trace".into());
         }
@@ -541,11 +582,23 @@ impl Config {
                 ));
             }
         }
+        if self.updates.download_idle_timeout_s == 0 {
+            e.push("updates.download_idle_timeout_s: must be greater than 0".into());
+        }
+        if self.updates.download_retries > 16 {
+            e.push("updates.download_retries: must be at most 16".into());
+        }
         if self.updates.keep_releases == 0 {
             e.push("updates.keep_releases: must be at least 1 (the release in force)".into());
         }
         if self.policy.interval_s == 0 {
             e.push("policy.interval_s: must be greater than 0".into());
+        }
+        if self.policy.check_timeout_s == 0 {
+            e.push("policy.check_timeout_s: must be greater than 0".into());
+        }
+        if self.policy.scan_timeout_s < self.policy.check_timeout_s {
+            e.push("policy.scan_timeout_s: must be at least check_timeout_s".into());
         }
         if let Some(at) = &self.patrol.at
             && parse_hhmm(at).is_none()

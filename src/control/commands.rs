@@ -39,6 +39,11 @@ const MAX_DELAY_S: u64 = 24 * 3600;
 const RESTART_TIMEOUT: Duration = Duration::from_secs(90);
 
 pub async fn execute(d: &Deps, name: &str, args: &Map<String, Value>) -> CommandResult {
+    for (k, v) in args {
+        if let Err(m) = crate::limits::strings(&format!("args.{k}"), v, crate::limits::ARG_CHARS) {
+            return error("invalid", m);
+        }
+    }
     match name {
         "ping" => ok(
             "pong",
@@ -135,6 +140,10 @@ pub async fn execute(d: &Deps, name: &str, args: &Map<String, Value>) -> Command
                 return error("bad_args", "args.on (true|false) is required");
             };
             let reason = args.get("reason").and_then(Value::as_str).unwrap_or("");
+            if let Err(m) = crate::limits::text("args.reason", reason, crate::limits::REASON_CHARS)
+            {
+                return error("invalid", m);
+            }
             match d
                 .maintenance
                 .switch(on, reason, "platform", d.clock.now(), &d.events)

@@ -147,6 +147,10 @@ pub struct Control {
     local: Option<mpsc::Receiver<LocalApply>>,
     /// `app/{name}` → release waiting for its rollout wave.
     rollouts: BTreeMap<String, WaveWait>,
+    /// kind → when a document whose apply failed for a transient reason is tried again.
+    retry_at: HashMap<String, tokio::time::Instant>,
+    /// kind → transient failures in a row (sets the backoff).
+    retry_n: HashMap<String, u32>,
 }
 
 /// A document handed in on the local socket (a USB stick in an air-gapped hall).
@@ -180,6 +184,10 @@ impl ControlHandle {
         rx.await.ok()
     }
 }
+
+/// First pause before a failed apply is tried again; doubled per failure, at most `RETRY_MAX`.
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_secs(5);
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -231,6 +239,8 @@ impl Control {
             applied: HashMap::new(),
             progress: HashMap::new(),
             local: None,
+            retry_at: HashMap::new(),
+            retry_n: HashMap::new(),
             limiter,
             topics,
             trust,
@@ -279,12 +289,20 @@ impl Control {
     ) {
         let mut local = self.local.take();
         loop {
+            let next_retry = self.retry_at.values().min().copied();
+            let retry = async {
+                match next_retry {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 Some(a) = recv_opt(&mut local) => {
                     let out = self.on_local_apply(&a.kind, &a.envelope);
                     let _ = a.reply.send(out);
                 }
+                _ = retry => self.retry_due(),
                 m = inbound.recv() => match m {
                     Some(mut m) => {
                         self.on_message(&m).await;
@@ -301,6 +319,22 @@ impl Control {
                     self.open_waves();
                 }
             }
+        }
+    }
+
+    /// Applies again the documents whose transient failure has waited out its backoff.
+    fn retry_due(&mut self) {
+        let now = tokio::time::Instant::now();
+        let due: Vec<String> = self
+            .retry_at
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for kind in due {
+            self.retry_at.remove(&kind);
+            tracing::info!(kind, "applying again after a transient failure");
+            self.reconcile(&kind);
         }
     }
 
@@ -428,6 +462,16 @@ impl Control {
                     .is_some_and(|(t, v)| *t == target && *v == version);
                 if in_force {
                     return self.republish(kind);
+                }
+                if self
+                    .docs
+                    .get(kind)
+                    .and_then(|m| m.get(&target))
+                    .is_some_and(|d| d.version == version)
+                {
+                    // Accepted but not in force (its apply failed): sending it again tries again.
+                    self.retry_at.remove(kind);
+                    return self.reconcile(kind);
                 }
                 return None;
             }
@@ -570,6 +614,8 @@ impl Control {
 
     fn apply(&mut self, kind: &str, target: &str, doc: &Stored, fresh: bool) -> Value {
         let version = doc.version;
+        // Set when the failure is the host's (I/O, resources), not the document's.
+        let mut transient = false;
         let result: Result<(String, Value, &str), String> = match kind {
             "catalog" => {
                 let on_disk = std::fs::read(crate::catalog::path(&self.d.cfg.paths.state_dir)).ok();
@@ -586,7 +632,10 @@ impl Control {
                         (format!("catalog version {version} written"), s, "applied")
                     })
                 }
-                .map_err(|e| e.to_string())
+                .map_err(|e| {
+                    transient = matches!(e, crate::catalog::CatalogError::Write(_));
+                    e.to_string()
+                })
             }
             "schedule" => Schedule::parse(&doc.payload)
                 .map_err(|e| e.to_string())
@@ -621,9 +670,21 @@ impl Control {
         };
         match result {
             Ok((message, details, status)) => {
+                self.retry_at.remove(kind);
+                self.retry_n.remove(kind);
                 self.applied
                     .insert(kind.to_string(), (target.to_string(), version));
                 self.report(kind, target, version, status, message, details)
+            }
+            Err(e) if transient => {
+                let n = self.retry_n.entry(kind.to_string()).or_insert(0);
+                let pause = RETRY_FIRST.saturating_mul(1 << (*n).min(8)).min(RETRY_MAX);
+                *n += 1;
+                self.retry_at
+                    .insert(kind.to_string(), tokio::time::Instant::now() + pause);
+                let message = format!("{e}; trying again in {} s", pause.as_secs());
+                let details = json!({"code": "transient", "retry_in_s": pause.as_secs()});
+                self.report(kind, target, version, "failed", message, details)
             }
             Err(e) => self.report(kind, target, version, "failed", e, json!({})),
         }
@@ -849,20 +910,19 @@ impl Control {
     }
 
     fn security_rejected(&mut self, topic: &str, target: Option<&str>, err: &TrustError) {
+        // The journal gets what the platform gets: a flood of junk costs one line per
+        // allowed event, the rest only at debug level.
         let Some(suppressed) = self.limiter.allow(std::time::Instant::now()) else {
-            // A flood costs one counter bump per message, not a log line each.
             tracing::debug!(topic, reason = err.code(), "refused: {err}");
             return;
         };
-        tracing::warn!(topic, reason = err.code(), "refused: {err}");
-        {
-            self.d.events.emit(
-                Severity::Major,
-                "security.rejected",
-                format!("refused {topic}: {err}"),
-                json!({"topic": topic, "target": target, "reason": err.code(), "suppressed": suppressed}),
-            );
-        }
+        tracing::warn!(topic, reason = err.code(), suppressed, "refused: {err}");
+        self.d.events.emit(
+            Severity::Major,
+            "security.rejected",
+            format!("refused {topic}: {err}"),
+            json!({"topic": topic, "target": target, "reason": err.code(), "suppressed": suppressed}),
+        );
     }
 
     fn prune_seen(&mut self) {
@@ -940,8 +1000,14 @@ impl Control {
         if cmd.name == "security_reset" {
             return self.security_reset(&cmd.id);
         }
-        let r = commands::execute(&self.d, &cmd.name, &cmd.args).await;
-        self.reply(&cmd.id, r.status, r.code, &r.message, r.result);
+        // Commands that can take long (a scan, an inspection, a unit restart) run beside the
+        // loop and reply when done, so the commands and documents behind them are answered.
+        // The id is already recorded above: at-most-once does not depend on the task.
+        let d = self.d.clone();
+        tokio::spawn(async move {
+            let r = commands::execute(&d, &cmd.name, &cmd.args).await;
+            send_reply(&d, &cmd.id, r.status, r.code, &r.message, r.result);
+        });
     }
 
     /// The operator's way out of the lost-records state: the signed command says the floor as
@@ -977,15 +1043,7 @@ impl Control {
     }
 
     fn reply(&self, id: &str, status: &str, code: &str, message: &str, result: Value) {
-        self.d.publisher.reply(&json!({
-            "id": id,
-            "terminal_id": self.d.cfg.terminal.id,
-            "status": status,
-            "code": code,
-            "message": message,
-            "result": result,
-            "ts": rfc3339(self.d.clock.now()),
-        }));
+        send_reply(&self.d, id, status, code, message, result);
     }
 }
 
@@ -1046,4 +1104,16 @@ async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
+}
+
+fn send_reply(d: &Deps, id: &str, status: &str, code: &str, message: &str, result: Value) {
+    d.publisher.reply(&json!({
+        "id": id,
+        "terminal_id": d.cfg.terminal.id,
+        "status": status,
+        "code": code,
+        "message": message,
+        "result": result,
+        "ts": rfc3339(d.clock.now()),
+    }));
 }

@@ -65,7 +65,8 @@ pub struct Rule {
     pub clause: String,
     pub remediate: bool,
     pub check_type: String,
-    pub check: Box<dyn Check>,
+    /// Shared so a check can run on its own thread under a deadline.
+    pub check: std::sync::Arc<dyn Check>,
 }
 
 /// A validated policy, ready to evaluate as many times as the schedule asks.
@@ -125,7 +126,7 @@ pub fn parse(bytes: &[u8]) -> Result<Policy, PolicyError> {
             clause: r.clause,
             remediate: r.remediate,
             check_type,
-            check,
+            check: check.into(),
         });
     }
     Ok(Policy {

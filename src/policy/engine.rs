@@ -7,6 +7,7 @@
 //! as `remediated`, with the before and after observations kept as evidence.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -14,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::host::{HostPaths, rfc3339};
 
-use super::checks::{CheckStatus, Ctx};
+use super::checks::{CheckStatus, Ctx, Outcome};
 use super::doc::{Policy, Severity};
 use super::remediate::Remediator;
 use super::runner::{CommandRunner, SystemRunner};
@@ -78,6 +79,25 @@ impl ComplianceReport {
 pub struct Engine {
     host: HostPaths,
     runner: Arc<dyn CommandRunner>,
+    deadlines: Deadlines,
+}
+
+/// How long one check and one whole scan may take. A check past its deadline is reported as
+/// `error` (its thread is left to finish on its own and its result dropped); once the scan's
+/// deadline has passed, the rules not yet evaluated are reported as `error` without running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    pub check: Duration,
+    pub scan: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Self {
+            check: Duration::from_secs(30),
+            scan: Duration::from_secs(300),
+        }
+    }
 }
 
 impl Engine {
@@ -85,6 +105,39 @@ impl Engine {
         Self {
             host,
             runner: Arc::new(SystemRunner),
+            deadlines: Deadlines::default(),
+        }
+    }
+
+    pub fn with_deadlines(mut self, deadlines: Deadlines) -> Self {
+        self.deadlines = deadlines;
+        self
+    }
+
+    /// Runs one check on its own thread and waits at most `limit` for it.
+    fn timed(&self, check: &Arc<dyn super::checks::Check>, limit: Duration) -> Outcome {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let check = check.clone();
+        let host = self.host.clone();
+        let runner = self.runner.clone();
+        let spawned = std::thread::Builder::new()
+            .name("policy-check".into())
+            .spawn(move || {
+                let ctx = Ctx {
+                    host: &host,
+                    runner: runner.as_ref(),
+                };
+                let _ = tx.send(check.evaluate(&ctx));
+            });
+        if let Err(e) = spawned {
+            return Outcome::error(format!("cannot start the check: {e}"));
+        }
+        match rx.recv_timeout(limit) {
+            Ok(o) => o,
+            Err(_) => Outcome::error(format!(
+                "check did not finish within {} s; abandoned",
+                limit.as_secs_f64()
+            )),
         }
     }
 
@@ -113,8 +166,18 @@ impl Engine {
             runner: self.runner.as_ref(),
         };
         let mut results = Vec::with_capacity(policy.rules.len());
+        let started = Instant::now();
+        let scan_deadline = started + self.deadlines.scan;
         for rule in &policy.rules {
-            let before = rule.check.evaluate(&ctx);
+            let left = scan_deadline.saturating_duration_since(Instant::now());
+            let before = if left.is_zero() {
+                Outcome::error(format!(
+                    "not evaluated: the scan's deadline of {} s had passed",
+                    self.deadlines.scan.as_secs_f64()
+                ))
+            } else {
+                self.timed(&rule.check, self.deadlines.check.min(left))
+            };
             let mut status = match before.status {
                 CheckStatus::Pass => ResultStatus::Pass,
                 CheckStatus::Fail => ResultStatus::Fail,
@@ -130,7 +193,7 @@ impl Engine {
                     message.push_str(" (remediation not allowed now)");
                 } else {
                     let action = rule.check.remediate(&ctx, remediator);
-                    let after = rule.check.evaluate(&ctx);
+                    let after = self.timed(&rule.check, self.deadlines.check);
                     let (action_text, ok) = match &action {
                         Ok(a) => (a.clone(), true),
                         Err(e) => (e.to_string(), false),

@@ -126,63 +126,9 @@ impl FsRemediator {
         self
     }
 
-    fn root_canonical(&self) -> Result<PathBuf, RemediateError> {
-        let root = self.host.root();
-        fs::canonicalize(root).map_err(|source| RemediateError::Io {
-            op: "resolve root",
-            path: root.display().to_string(),
-            source,
-        })
-    }
-
-    /// Maps a host path under the root and resolves every symlink on the way; the result is
-    /// refused unless it stays under the canonical root. Missing trailing components are kept
-    /// (they will be created), but their nearest existing ancestor is what gets checked.
+    /// Maps a host path under the root and resolves every symlink on the way; see [`confine`].
     pub fn confine(&self, host_path: &str) -> Result<PathBuf, RemediateError> {
-        let root = self.root_canonical()?;
-        let full = self.host.resolve(host_path);
-        let mut existing = full.clone();
-        let mut missing = Vec::new();
-        loop {
-            match fs::symlink_metadata(&existing) {
-                Ok(_) => break,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    let Some(name) = existing.file_name().map(|n| n.to_os_string()) else {
-                        return Err(RemediateError::OutsideRoot {
-                            path: host_path.into(),
-                        });
-                    };
-                    missing.push(name);
-                    if !existing.pop() {
-                        return Err(RemediateError::OutsideRoot {
-                            path: host_path.into(),
-                        });
-                    }
-                }
-                Err(e) => return Err(io_err("inspect", host_path)(e)),
-            }
-        }
-        let canon = match fs::canonicalize(&existing) {
-            Ok(c) => c,
-            // A dangling symlink: its target is outside what we can check; never follow it.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(RemediateError::Refused {
-                    path: host_path.into(),
-                    message: "dangling symlink".into(),
-                });
-            }
-            Err(e) => return Err(io_err("resolve", host_path)(e)),
-        };
-        if !canon.starts_with(&root) {
-            return Err(RemediateError::OutsideRoot {
-                path: host_path.into(),
-            });
-        }
-        let mut out = canon;
-        for m in missing.into_iter().rev() {
-            out.push(m);
-        }
-        Ok(out)
+        confine(&self.host, host_path)
     }
 
     fn validate(
@@ -360,6 +306,65 @@ impl Remediator for FsRemediator {
         }
         res.map_err(io_err("mask", &path))
     }
+}
+
+fn root_canonical(host: &HostPaths) -> Result<PathBuf, RemediateError> {
+    let root = host.root();
+    fs::canonicalize(root).map_err(|source| RemediateError::Io {
+        op: "resolve root",
+        path: root.display().to_string(),
+        source,
+    })
+}
+
+/// Maps a host path under the root and resolves every symlink on the way; the result is
+/// refused unless it stays under the canonical root. Missing trailing components are kept
+/// (they will be created), but their nearest existing ancestor is what gets checked.
+pub fn confine(host: &HostPaths, host_path: &str) -> Result<PathBuf, RemediateError> {
+    let root = root_canonical(host)?;
+    let full = host.resolve(host_path);
+    let mut existing = full.clone();
+    let mut missing = Vec::new();
+    loop {
+        match fs::symlink_metadata(&existing) {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let Some(name) = existing.file_name().map(|n| n.to_os_string()) else {
+                    return Err(RemediateError::OutsideRoot {
+                        path: host_path.into(),
+                    });
+                };
+                missing.push(name);
+                if !existing.pop() {
+                    return Err(RemediateError::OutsideRoot {
+                        path: host_path.into(),
+                    });
+                }
+            }
+            Err(e) => return Err(io_err("inspect", host_path)(e)),
+        }
+    }
+    let canon = match fs::canonicalize(&existing) {
+        Ok(c) => c,
+        // A dangling symlink: its target is outside what we can check; never follow it.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(RemediateError::Refused {
+                path: host_path.into(),
+                message: "dangling symlink".into(),
+            });
+        }
+        Err(e) => return Err(io_err("resolve", host_path)(e)),
+    };
+    if !canon.starts_with(&root) {
+        return Err(RemediateError::OutsideRoot {
+            path: host_path.into(),
+        });
+    }
+    let mut out = canon;
+    for m in missing.into_iter().rev() {
+        out.push(m);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

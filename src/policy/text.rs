@@ -11,9 +11,33 @@ use crate::host::HostPaths;
 /// Host config files above this size are refused rather than read whole.
 pub const READ_CAP: u64 = 4 * 1024 * 1024;
 
+/// Reads a host path under `paths.root`, lossy UTF-8, capped. The path is confined first (the
+/// same rule as remediation: no symlink may lead out of the root), then opened as in
+/// [`open_regular`]. A path that resolves outside the root is refused with `PermissionDenied`.
+pub fn read_host(host: &HostPaths, host_path: &str) -> io::Result<String> {
+    read_text(&confined(host, host_path)?)
+}
+
+/// [`crate::policy::remediate::confine`] as an I/O error: outside the root is
+/// `PermissionDenied`, a dangling link `NotFound` (nothing readable is there).
+pub fn confined(host: &HostPaths, host_path: &str) -> io::Result<PathBuf> {
+    use crate::policy::remediate::RemediateError;
+    match crate::policy::remediate::confine(host, host_path) {
+        Ok(p) => Ok(p),
+        Err(RemediateError::Io { source, .. }) => Err(source),
+        Err(e @ RemediateError::Refused { .. }) => {
+            Err(io::Error::new(io::ErrorKind::NotFound, e.to_string()))
+        }
+        Err(e) => Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            e.to_string(),
+        )),
+    }
+}
+
 /// Reads a host file (already resolved under the root), lossy UTF-8, capped.
 pub fn read_text(path: &Path) -> io::Result<String> {
-    let f = fs::File::open(path)?;
+    let f = open_regular(path)?;
     let mut buf = Vec::new();
     f.take(READ_CAP + 1).read_to_end(&mut buf)?;
     if buf.len() as u64 > READ_CAP {
@@ -25,15 +49,80 @@ pub fn read_text(path: &Path) -> io::Result<String> {
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
+/// What a file type is called in a refusal.
+pub fn type_name(t: fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_file() {
+        "regular file"
+    } else if t.is_dir() {
+        "directory"
+    } else if t.is_symlink() {
+        "symbolic link"
+    } else if t.is_fifo() {
+        "FIFO"
+    } else if t.is_socket() {
+        "socket"
+    } else if t.is_char_device() {
+        "character device"
+    } else if t.is_block_device() {
+        "block device"
+    } else {
+        "special file"
+    }
+}
+
+/// Opens a file for reading without ever blocking on it: anything but a regular file (a FIFO
+/// a local user planted, a socket, a device) is refused before it is opened (`lstat`), and
+/// again after (`fstat` on the descriptor, so a swap in between is caught). The open itself
+/// is non-blocking, does not follow a final symlink swapped in after the check, and never
+/// takes a controlling terminal. The error kind is `InvalidInput` with the type in the text.
+pub fn open_regular(path: &Path) -> io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let refuse = |t: fs::FileType| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("is a {}, not a regular file; not read", type_name(t)),
+        )
+    };
+    // A symlink is followed here (the caller confined it), but what it names must be a file.
+    let before = fs::metadata(path)?;
+    if !before.file_type().is_file() {
+        return Err(refuse(before.file_type()));
+    }
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc_flags())
+        .open(path)?;
+    let after = f.metadata()?;
+    if !after.file_type().is_file() {
+        return Err(refuse(after.file_type()));
+    }
+    Ok(f)
+}
+
+fn libc_flags() -> i32 {
+    use nix::fcntl::OFlag;
+    (OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).bits()
+}
+
 /// Reads a host file for rewriting: it must be valid UTF-8, or a rewrite could corrupt it.
 pub fn read_for_rewrite(path: &Path) -> io::Result<Option<String>> {
-    match fs::read(path) {
-        Ok(b) => String::from_utf8(b)
-            .map(Some)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8; not rewritten")),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
+    let f = match open_regular(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut b = Vec::new();
+    f.take(READ_CAP + 1).read_to_end(&mut b)?;
+    if b.len() as u64 > READ_CAP {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "file larger than 4 MiB; not rewritten",
+        ));
     }
+    String::from_utf8(b)
+        .map(Some)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8; not rewritten"))
 }
 
 /// Maps a path under the root back to the host path it stands for.
@@ -129,7 +218,7 @@ pub fn lookup_last(
     }
     let mut found = None;
     for f in &files {
-        let text = match read_text(&host.resolve(f)) {
+        let text = match read_host(host, f) {
             Ok(t) => t,
             // A missing file sets nothing: the key then takes the program's built-in default,
             // which the rule cannot vouch for, so the caller sees "not set".
@@ -188,7 +277,7 @@ fn sshd_walk(
             "Include nested too deeply",
         ));
     }
-    let text = match read_text(&host.resolve(path)) {
+    let text = match read_host(host, path) {
         Ok(t) => t,
         Err(e) if !required && e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),

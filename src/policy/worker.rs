@@ -66,6 +66,7 @@ pub struct PolicyWorker<F> {
     persisted: Persisted,
     last: Arc<Mutex<Option<ComplianceReport>>>,
     on_scan: F,
+    deadlines: super::engine::Deadlines,
 }
 
 impl<F: FnMut(&Scan) + Send + 'static> PolicyWorker<F> {
@@ -97,9 +98,16 @@ impl<F: FnMut(&Scan) + Send + 'static> PolicyWorker<F> {
                 persisted,
                 last: last.clone(),
                 on_scan,
+                deadlines: Default::default(),
             },
             PolicyHandle { tx, last },
         )
+    }
+
+    /// Per-check and per-scan deadlines (config `policy.check_timeout_s`, `scan_timeout_s`).
+    pub fn with_deadlines(mut self, deadlines: super::engine::Deadlines) -> Self {
+        self.deadlines = deadlines;
+        self
     }
 
     pub async fn run(mut self, cancel: CancellationToken) {
@@ -132,8 +140,9 @@ impl<F: FnMut(&Scan) + Send + 'static> PolicyWorker<F> {
         let seq = self.persisted.seq + 1;
         let host = self.host.clone();
         let now = self.clock.now();
+        let deadlines = self.deadlines;
         let report = tokio::task::spawn_blocking(move || {
-            let engine = Engine::new(host.clone());
+            let engine = Engine::new(host.clone()).with_deadlines(deadlines);
             let remediator = FsRemediator::new(host);
             engine.evaluate(&policy, &remediator, true, seq, now)
         })

@@ -38,6 +38,11 @@ impl Envelope {
         if raw.len() > max_bytes {
             return Err(TrustError::TooLarge);
         }
+        if !crate::limits::is_object_text(raw) {
+            return Err(TrustError::Malformed(
+                "an envelope is a JSON object; this is another kind of JSON value".into(),
+            ));
+        }
         let wire: Wire =
             serde_json::from_slice(raw).map_err(|e| TrustError::Malformed(e.to_string()))?;
         let payload = STANDARD

@@ -65,6 +65,11 @@ impl Keyring {
     /// is itself a valid trust file. Unknown role names are refused: a typo in a root would
     /// otherwise silently change who may sign what.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, TrustError> {
+        if !crate::limits::is_object_text(bytes) {
+            return Err(TrustError::InvalidDocument(
+                "trust document: not a JSON object".into(),
+            ));
+        }
         let doc: TrustDoc = serde_json::from_slice(bytes)
             .map_err(|e| TrustError::InvalidDocument(format!("trust document: {e}")))?;
         if doc.kind != "trust" {
@@ -163,7 +168,16 @@ impl Keyring {
                 got: next.version,
             });
         }
-        verify_envelope(raw_envelope, Role::Trust, &next, max_bytes)?;
+        // The current root's threshold held; what is missing now is the new root's own.
+        verify_envelope(raw_envelope, Role::Trust, &next, max_bytes).map_err(|e| match e {
+            TrustError::UnknownKey
+            | TrustError::BadSignature
+            | TrustError::MissingRole
+            | TrustError::BelowThreshold { .. } => TrustError::NewRootUnsigned {
+                detail: e.to_string(),
+            },
+            e => e,
+        })?;
         let bytes = next.document.clone();
         Ok((next, bytes))
     }

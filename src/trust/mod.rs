@@ -140,6 +140,10 @@ pub enum TrustError {
         "this terminal's anti-rollback records were lost on {since}; until an operator sends the signed security_reset command only messages signed after that time are accepted"
     )]
     RecordsLost { since: String },
+    #[error(
+        "the new trust root's own signatures are missing or too few ({detail}); a rotation must be signed by the trust threshold of the current root and of the new root"
+    )]
+    NewRootUnsigned { detail: String },
     #[error("cannot read trust root {path}: {source}")]
     ReadTrust {
         path: PathBuf,
@@ -172,6 +176,7 @@ impl TrustError {
             TrustError::Rollback { .. } => "rollback",
             TrustError::Replayed => "replayed",
             TrustError::RecordsLost { .. } => "records_lost",
+            TrustError::NewRootUnsigned { .. } => "new_root_unsigned",
             TrustError::ReadTrust { .. } => "trust_unreadable",
             TrustError::PersistTrust { .. } => "trust_not_persisted",
         }

@@ -470,7 +470,7 @@ fn rotation_needs_both_roots_and_a_higher_version() {
     );
     let only_old = signed(Role::Trust, &r.v2, &[&r.old_root]);
     assert!(
-        matches!(rotate(&only_old), Err(TrustError::UnknownKey)),
+        matches!(rotate(&only_old), Err(TrustError::NewRootUnsigned { .. })),
         "new root must sign itself"
     );
 

@@ -209,6 +209,7 @@ pub fn verify_document(
     let value: Value = serde_json::from_slice(verified.payload())
         .map_err(|e| TrustError::InvalidDocument(format!("payload is not JSON: {e}")))?;
     let header = parse_header(&value, role)?;
+    crate::limits::strings("", &value, crate::limits::DOC_STRING_CHARS).map_err(invalid)?;
     if header.target != expected_target {
         return Err(TrustError::WrongTarget {
             expected: expected_target.to_string(),

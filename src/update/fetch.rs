@@ -61,10 +61,53 @@ pub enum FetchError {
     Io { path: PathBuf, source: io::Error },
     #[error("download cancelled; the partial download is kept")]
     Cancelled,
+    #[error("download of {url} stalled: {message}; the partial download is kept and will resume")]
+    Stalled { url: String, message: String },
+    #[error(
+        "download of {url} did not finish within its deadline of {deadline_s} s ({got} of {expected} bytes); the partial download is kept and will resume"
+    )]
+    Deadline {
+        url: String,
+        deadline_s: u64,
+        got: u64,
+        expected: u64,
+    },
+    #[error("{last} (gave up after {attempts} attempts)")]
+    GaveUp {
+        attempts: u32,
+        last: Box<FetchError>,
+    },
+}
+
+impl FetchError {
+    /// A failure of the link or the server that another attempt may get past.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            FetchError::Transfer { .. }
+            | FetchError::Incomplete { .. }
+            | FetchError::Stalled { .. } => true,
+            FetchError::Status { status, .. } => *status >= 500 || matches!(status, 408 | 429),
+            FetchError::GaveUp { last, .. } => last.is_transient(),
+            _ => false,
+        }
+    }
+
+    /// The error behind retries.
+    pub fn root(&self) -> &FetchError {
+        match self {
+            FetchError::GaveUp { last, .. } => last.root(),
+            e => e,
+        }
+    }
 }
 
 /// How downloads are made; built once from `config::Updates`.
-#[derive(Debug, Clone, Default)]
+///
+/// A server that trickles must not hold an install forever: a read that brings nothing for
+/// `idle_timeout` fails the attempt, so does an average below `min_rate_bps` once an attempt
+/// has run for `idle_timeout`, and the whole download (every attempt and the pauses between
+/// them) has a deadline derived from the declared size, see [`deadline`].
+#[derive(Debug, Clone)]
 pub struct FetchOptions {
     /// Bandwidth cap in kilobytes (1000 bytes) per second; 0 is unlimited.
     pub max_kbps: u64,
@@ -72,6 +115,28 @@ pub struct FetchOptions {
     pub ca_file: Option<PathBuf>,
     /// Set to stop a download at the next chunk (shutdown); the partial file is kept.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Longest wait for the connection, the response or the next bytes.
+    pub idle_timeout: Duration,
+    /// Slowest average accepted once an attempt is `idle_timeout` old; 0 is no floor.
+    pub min_rate_bps: u64,
+    /// Further attempts after a transient failure (each resumes with `Range`).
+    pub retries: u32,
+    /// Pause before the first retry; doubled for each further one.
+    pub retry_backoff: Duration,
+}
+
+impl Default for FetchOptions {
+    fn default() -> Self {
+        Self {
+            max_kbps: 0,
+            ca_file: None,
+            cancel: None,
+            idle_timeout: Duration::from_secs(60),
+            min_rate_bps: 0,
+            retries: 0,
+            retry_backoff: Duration::from_secs(10),
+        }
+    }
 }
 
 impl FetchOptions {
@@ -80,8 +145,42 @@ impl FetchOptions {
             max_kbps: c.max_kbps,
             ca_file: c.ca_file.clone(),
             cancel: None,
+            idle_timeout: Duration::from_secs(c.download_idle_timeout_s),
+            min_rate_bps: c.download_min_rate_bps,
+            retries: c.download_retries,
+            retry_backoff: Duration::from_secs(c.download_retry_backoff_s),
         }
     }
+
+    fn cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+    }
+}
+
+/// Longest pause between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// The deadline of a whole download of `size` bytes: the time it takes at the slowest rate
+/// still acceptable (the larger of `min_rate_bps` and a quarter of `max_kbps`, at least
+/// 1 kB/s), plus room for every retry's pause and two idle periods.
+pub fn deadline(size: u64, opts: &FetchOptions) -> Duration {
+    let floor = opts
+        .min_rate_bps
+        .max(opts.max_kbps.saturating_mul(1000) / 4)
+        .max(1000);
+    let transfer = Duration::from_secs(size.div_ceil(floor));
+    let mut pauses = Duration::ZERO;
+    for i in 0..opts.retries.min(16) {
+        pauses += backoff(opts.retry_backoff, i);
+    }
+    transfer + pauses + opts.idle_timeout * 2
+}
+
+fn backoff(base: Duration, attempt: u32) -> Duration {
+    base.saturating_mul(1u32 << attempt.min(16))
+        .min(MAX_BACKOFF)
 }
 
 /// What was fetched: the verified file and how much of it came from an earlier attempt.
@@ -142,6 +241,8 @@ pub fn fetch(
     }
 
     if have < size {
+        let deadline_after = deadline(size, opts);
+        let deadline_at = Instant::now() + deadline_after;
         let mut sink = Sink {
             file: &mut file,
             hasher: &mut hasher,
@@ -152,10 +253,45 @@ pub fn fetch(
             progress,
             throttle: Throttle::new(opts.max_kbps),
             cancel: opts.cancel.clone(),
+            idle_timeout: opts.idle_timeout,
+            min_rate_bps: opts.min_rate_bps,
+            deadline_at,
+            deadline_after,
+            url: url.to_string(),
         };
-        let result = match scheme {
-            "file" => fetch_file(url, size, &mut sink),
-            _ => fetch_http(url, size, opts, &mut sink),
+        let mut attempt = 0u32;
+        let result = loop {
+            sink.throttle = Throttle::new(opts.max_kbps);
+            let r = match scheme {
+                "file" => fetch_file(url, size, &mut sink),
+                _ => fetch_http(url, size, opts, &mut sink),
+            };
+            let e = match r {
+                Ok(()) => break Ok(()),
+                Err(e) => e,
+            };
+            if scheme == "file" || !e.is_transient() || opts.cancelled() {
+                break Err(e);
+            }
+            if attempt >= opts.retries {
+                break Err(if attempt == 0 {
+                    e
+                } else {
+                    FetchError::GaveUp {
+                        attempts: attempt + 1,
+                        last: Box::new(e),
+                    }
+                });
+            }
+            let pause = backoff(opts.retry_backoff, attempt);
+            attempt += 1;
+            if Instant::now() + pause >= deadline_at {
+                break Err(sink.deadline_error());
+            }
+            tracing::info!(url, attempt, error = %e, pause_s = pause.as_secs(), "download failed; retrying");
+            if !sleep_unless_cancelled(pause, opts) {
+                break Err(FetchError::Cancelled);
+            }
         };
         if let Err(e) = result {
             let _ = file.sync_data();
@@ -183,6 +319,21 @@ pub fn fetch(
         path: partial.to_path_buf(),
         resumed_from,
     })
+}
+
+/// Sleeps `d` in short steps; false when cancelled meanwhile.
+fn sleep_unless_cancelled(d: Duration, opts: &FetchOptions) -> bool {
+    let end = Instant::now() + d;
+    loop {
+        if opts.cancelled() {
+            return false;
+        }
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(100)));
+    }
 }
 
 /// Hashes a whole file with the same streaming loop downloads use on resume; exists so the
@@ -269,6 +420,20 @@ struct Sink<'a> {
     progress: &'a mut dyn FnMut(u8),
     throttle: Throttle,
     cancel: Option<Arc<AtomicBool>>,
+    idle_timeout: Duration,
+    min_rate_bps: u64,
+    deadline_at: Instant,
+    deadline_after: Duration,
+    url: String,
+}
+
+/// Why `pump` stopped a transfer that was still moving.
+#[derive(Debug, thiserror::Error)]
+enum Stop {
+    #[error("average rate {rate} B/s over {secs} s is below the minimum of {min} B/s")]
+    TooSlow { rate: u64, secs: u64, min: u64 },
+    #[error("deadline passed")]
+    Deadline,
 }
 
 enum Pumped {
@@ -284,7 +449,24 @@ impl Sink<'_> {
     /// declared size" from "longer than declared" without storing it.
     fn pump(&mut self, r: &mut dyn Read) -> Result<Pumped, io::Error> {
         let mut buf = vec![0u8; CHUNK];
+        let started = Instant::now();
+        let from = self.written;
         while self.written < self.size {
+            let now = Instant::now();
+            if now >= self.deadline_at {
+                return Err(io::Error::other(Stop::Deadline));
+            }
+            let elapsed = now.duration_since(started);
+            if self.min_rate_bps > 0 && elapsed >= self.idle_timeout && !elapsed.is_zero() {
+                let rate = ((self.written - from) as f64 / elapsed.as_secs_f64()) as u64;
+                if rate < self.min_rate_bps {
+                    return Err(io::Error::other(Stop::TooSlow {
+                        rate,
+                        secs: elapsed.as_secs(),
+                        min: self.min_rate_bps,
+                    }));
+                }
+            }
             if self
                 .cancel
                 .as_ref()
@@ -337,6 +519,15 @@ impl Sink<'_> {
             .is_some_and(|c| c.load(Ordering::Relaxed))
     }
 
+    fn deadline_error(&self) -> FetchError {
+        FetchError::Deadline {
+            url: self.url.clone(),
+            deadline_s: self.deadline_after.as_secs(),
+            got: self.written,
+            expected: self.size,
+        }
+    }
+
     fn restart(&mut self) -> io::Result<()> {
         self.file.set_len(0)?;
         *self.hasher = Context::new(&SHA256);
@@ -362,6 +553,24 @@ fn finish(url: &str, sink: &Sink<'_>, r: io::Result<Pumped>) -> Result<(), Fetch
             expected: sink.size,
         }),
         Err(_) if sink.is_cancelled() => Err(FetchError::Cancelled),
+        Err(e) if e.get_ref().is_some_and(|i| i.is::<Stop>()) => {
+            match e.get_ref().and_then(|i| i.downcast_ref::<Stop>()) {
+                Some(Stop::Deadline) => Err(sink.deadline_error()),
+                _ => Err(FetchError::Stalled {
+                    url: url.to_string(),
+                    message: e.to_string(),
+                }),
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::TimedOut || e.to_string().contains("timeout") => {
+            Err(FetchError::Stalled {
+                url: url.to_string(),
+                message: format!(
+                    "nothing received for {} s ({e})",
+                    sink.idle_timeout.as_secs()
+                ),
+            })
+        }
         Err(e) if e.kind() == io::ErrorKind::InvalidData && sink.written == sink.size => {
             Err(too_long(sink.size))
         }
@@ -432,9 +641,9 @@ fn http_agent(opts: &FetchOptions) -> Result<ureq::Agent, FetchError> {
     let config = ureq::Agent::config_builder()
         .tls_config(tls)
         .http_status_as_error(false)
-        .timeout_connect(Some(Duration::from_secs(30)))
-        .timeout_recv_response(Some(Duration::from_secs(60)))
-        .timeout_per_read(Some(Duration::from_secs(60)))
+        .timeout_connect(Some(opts.idle_timeout))
+        .timeout_recv_response(Some(opts.idle_timeout))
+        .timeout_per_read(Some(opts.idle_timeout))
         .user_agent(format!("kiosk-agent/{}", crate::VERSION))
         .build();
     Ok(config.into())
@@ -455,11 +664,23 @@ fn fetch_http(
     // One retry from zero is allowed when the server refuses the range (416): the partial
     // file belongs to this hash, so a refusal means it is stale, not that the server is wrong.
     for _attempt in 0..2 {
+        let left = sink.deadline_at.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(sink.deadline_error());
+        }
         let mut req = agent.get(url);
         if sink.written > 0 {
             req = req.header("Range", format!("bytes={}-", sink.written));
         }
-        let resp = req.call().map_err(|e| transfer(e.to_string()))?;
+        // No attempt outlives the download's deadline, however the server paces its bytes.
+        let req = req.config().timeout_global(Some(left)).build();
+        let resp = req.call().map_err(|e| match e {
+            ureq::Error::Timeout(t) => FetchError::Stalled {
+                url: url.to_string(),
+                message: format!("timeout: {t}"),
+            },
+            e => transfer(e.to_string()),
+        })?;
         let status = resp.status().as_u16();
         let content_length = resp
             .headers()

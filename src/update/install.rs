@@ -9,6 +9,8 @@ use std::fs;
 use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use crate::host::{SharedClock, rfc3339};
@@ -105,10 +107,15 @@ impl From<FetchError> for Failure {
             FetchError::SizeMismatch { .. } => ("size_mismatch", false),
             FetchError::HashMismatch { .. } => ("hash_mismatch", false),
             FetchError::DiskSpace { .. } => ("disk_space", true),
-            FetchError::Transfer { .. }
-            | FetchError::Incomplete { .. }
-            | FetchError::Status { .. }
-            | FetchError::Cancelled => ("download_failed", true),
+            FetchError::Cancelled => ("cancelled", true),
+            e if matches!(
+                e.root(),
+                FetchError::Stalled { .. } | FetchError::Deadline { .. }
+            ) =>
+            {
+                ("download_timeout", true)
+            }
+            e if e.is_transient() => ("download_failed", true),
             _ => ("download_failed", false),
         };
         Failure {
@@ -212,7 +219,19 @@ impl Installer {
     /// (already recorded) says why; `current` is untouched, and a network failure keeps the
     /// partial download and the journal so the next attempt resumes.
     pub fn prepare(&self, doc: &AppDoc, progress: ProgressFn<'_>) -> Result<(), Box<Outcome>> {
-        self.prepare_inner(doc, progress).map_err(|f| {
+        self.prepare_with(doc, self.cfg.fetch.cancel.clone(), progress)
+    }
+
+    /// [`Installer::prepare`] with its own cancel flag: setting it stops the download at the
+    /// next read (a newer document for the app, shutdown); the journal and the partial file
+    /// stay, so a later attempt resumes.
+    pub fn prepare_with(
+        &self,
+        doc: &AppDoc,
+        cancel: Option<Arc<AtomicBool>>,
+        progress: ProgressFn<'_>,
+    ) -> Result<(), Box<Outcome>> {
+        self.prepare_inner(doc, cancel, progress).map_err(|f| {
             let current = current_release(&self.app_dir(&doc.name));
             Box::new(self.finish_outcome(self.outcome(
                 doc,
@@ -242,7 +261,12 @@ impl Installer {
         })
     }
 
-    fn prepare_inner(&self, doc: &AppDoc, progress: ProgressFn<'_>) -> Result<(), Failure> {
+    fn prepare_inner(
+        &self,
+        doc: &AppDoc,
+        cancel: Option<Arc<AtomicBool>>,
+        progress: ProgressFn<'_>,
+    ) -> Result<(), Failure> {
         let app_dir = self.app_dir(&doc.name);
         let release_dir = self.release_dir(&doc.name, &doc.release);
         if let Some(j) = self.journal.load(&doc.name).map_err(InstallError::from)? {
@@ -296,7 +320,10 @@ impl Installer {
                 &doc.artifact.sha256,
                 doc.artifact.size,
                 &partial,
-                &self.cfg.fetch,
+                &FetchOptions {
+                    cancel,
+                    ..self.cfg.fetch.clone()
+                },
                 &mut pct,
             )
         };

@@ -65,6 +65,7 @@ pub fn unpack_release(
         fs::remove_dir_all(staging).map_err(io_at(staging))?;
     }
     fs::create_dir_all(staging).map_err(io_at(staging))?;
+    fs::set_permissions(staging, fs::Permissions::from_mode(0o755)).map_err(io_at(staging))?;
     let result = unpack_into(artifact, format, file_name, staging, limit);
     if let Err(e) = result {
         let _ = fs::remove_dir_all(staging);
@@ -193,6 +194,8 @@ fn ensure_parents(
             Ok(_) => return Err(refused(rel, "a parent path is not a directory")),
             Err(_) => {
                 fs::create_dir(&cur).map_err(io_at(&cur))?;
+                fs::set_permissions(&cur, fs::Permissions::from_mode(0o755))
+                    .map_err(io_at(&cur))?;
                 dirs.insert(cur.clone());
             }
         }
@@ -208,6 +211,13 @@ fn clear_slot(dest: &Path, rel: &Path) -> Result<(), UnpackError> {
         Ok(_) => fs::remove_file(dest).map_err(io_at(dest)),
         Err(_) => Ok(()),
     }
+}
+
+/// The mode an unpacked entry gets: the archive's read and execute bits, never write for group
+/// or others (a local user must not be able to rewrite the kiosk UI's code), and never
+/// setuid, setgid or sticky (an app release has no business with them).
+pub fn clamp_mode(mode: u32) -> u32 {
+    mode & 0o755
 }
 
 fn write_file(
@@ -236,8 +246,7 @@ fn write_file(
         f.write_all(&buf[..n]).map_err(io_at(dest))?;
         total += n as u64;
     }
-    // Setuid, setgid and sticky bits never survive: an app release has no business with them.
-    f.set_permissions(fs::Permissions::from_mode(mode & 0o777))
+    f.set_permissions(fs::Permissions::from_mode(clamp_mode(mode)))
         .map_err(io_at(dest))?;
     f.sync_all().map_err(io_at(dest))?;
     Ok(total)
@@ -321,7 +330,7 @@ fn unpack_tar<R: Read>(
                         fs::create_dir(&dest).map_err(io_at(&dest))?;
                     }
                 }
-                fs::set_permissions(&dest, fs::Permissions::from_mode((mode & 0o777) | 0o700))
+                fs::set_permissions(&dest, fs::Permissions::from_mode(clamp_mode(mode) | 0o700))
                     .map_err(io_at(&dest))?;
                 dirs.insert(dest);
             }

@@ -1,14 +1,16 @@
-//! The update worker: one install at a time, in arrival order, each downloaded and verified
-//! at once and switched over only inside its maintenance window (in the schedule's time zone).
+//! The update worker: one install per app at a time, apps side by side, each downloaded and
+//! verified at once and switched over only inside its maintenance window (in the schedule's
+//! time zone).
 //! Progress and outcomes go back to the caller as `Report`s; it never publishes by itself.
 
-use std::collections::VecDeque;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use jiff::tz::TimeZone;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -42,21 +44,26 @@ pub struct UpdateWorker {
     reports: mpsc::UnboundedSender<Report>,
     clock: SharedClock,
     zone: ZoneFn,
-    stop: Arc<AtomicBool>,
 }
 
 /// Longest single sleep while waiting for a window, so a clock step is noticed.
 const WINDOW_STEP: Duration = Duration::from_secs(30);
 
+/// The install of one app in flight.
+struct Running {
+    /// Cancelled when a newer document for the app arrives (or on shutdown).
+    token: CancellationToken,
+    /// Seen by the blocking download between reads.
+    stop: Arc<AtomicBool>,
+}
+
 impl UpdateWorker {
     pub fn new(
-        mut cfg: InstallerConfig,
+        cfg: InstallerConfig,
         clock: SharedClock,
         zone: ZoneFn,
         reports: mpsc::UnboundedSender<Report>,
     ) -> Result<(Self, UpdateHandle), super::InstallError> {
-        let stop = Arc::new(AtomicBool::new(false));
-        cfg.fetch.cancel = Some(stop.clone());
         let installer = Arc::new(Installer::new(cfg, clock.clone())?);
         let (tx, rx) = mpsc::unbounded_channel();
         Ok((
@@ -66,7 +73,6 @@ impl UpdateWorker {
                 reports,
                 clock,
                 zone,
-                stop,
             },
             UpdateHandle { tx },
         ))
@@ -76,8 +82,13 @@ impl UpdateWorker {
         self.installer.clone()
     }
 
+    /// One install per app at a time, apps side by side: a stalled download of one app never
+    /// holds back another's. A newer document for an app cancels the install in flight (at
+    /// the next read of its download, or while it waits for its window) and starts once that
+    /// one has stopped; a newer one still replaces the waiting one. On shutdown every download
+    /// is told to stop and nothing waits for it: the journal and the partial file resume it.
     pub async fn run(mut self, cancel: CancellationToken) {
-        let mut queue: VecDeque<AppDoc> = VecDeque::new();
+        let mut start: Vec<AppDoc> = Vec::new();
         // Finish or undo whatever a crash interrupted before taking new work.
         let inst = self.installer.clone();
         let tx = self.reports.clone();
@@ -85,8 +96,11 @@ impl UpdateWorker {
             inst.resume_or_recover(&mut |p| {
                 let _ = tx.send(Report::Progress(p));
             })
-        })
-        .await;
+        });
+        let recovered = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = recovered => r,
+        };
         match recovered {
             Ok(Ok(list)) => {
                 for r in list {
@@ -94,59 +108,119 @@ impl UpdateWorker {
                         Recovery::Finished(o) => {
                             let _ = self.reports.send(Report::Done(o));
                         }
-                        Recovery::Resume(doc) => queue.push_back(doc),
+                        Recovery::Resume(doc) => start.push(doc),
                     }
                 }
             }
             Ok(Err(e)) => tracing::error!(error = %e, "update recovery failed"),
             Err(e) => tracing::error!(error = %e, "update recovery task failed"),
         }
+        let mut running: HashMap<String, Running> = HashMap::new();
+        let mut waiting: HashMap<String, AppDoc> = HashMap::new();
+        let mut tasks: JoinSet<String> = JoinSet::new();
+        for doc in start {
+            self.spawn(doc, &mut running, &mut tasks, &cancel);
+        }
         loop {
-            let doc = match queue.pop_front() {
-                Some(d) => d,
-                None => tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    d = self.rx.recv() => match d { Some(d) => d, None => break },
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                d = self.rx.recv() => match d {
+                    None => break,
+                    Some(doc) => match running.get(&doc.name) {
+                        Some(r) => {
+                            tracing::info!(app = %doc.name, release = %doc.release, "a newer document supersedes the install in flight");
+                            r.token.cancel();
+                            r.stop.store(true, Ordering::Relaxed);
+                            waiting.insert(doc.name.clone(), doc);
+                        }
+                        None => self.spawn(doc, &mut running, &mut tasks, &cancel),
+                    },
                 },
-            };
-            // A newer document for the same app replaces a queued older one.
-            queue.retain(|q| q.name != doc.name);
-            if let Some(newer) = self.process(doc, &mut queue, &cancel).await {
-                queue.push_front(newer);
-            }
-            if cancel.is_cancelled() {
-                break;
+                Some(done) = tasks.join_next() => {
+                    let name = match done {
+                        Ok(name) => name,
+                        Err(e) => {
+                            tracing::error!(error = %e, "update task failed");
+                            continue;
+                        }
+                    };
+                    running.remove(&name);
+                    if let Some(doc) = waiting.remove(&name) {
+                        self.spawn(doc, &mut running, &mut tasks, &cancel);
+                    }
+                }
             }
         }
-        self.stop.store(true, Ordering::Relaxed);
+        for r in running.values() {
+            r.stop.store(true, Ordering::Relaxed);
+        }
+        tasks.abort_all();
     }
 
-    /// Runs one install. Returns a newer document for the same app that arrived while this one
-    /// waited for its window (it supersedes this one).
-    async fn process(
-        &mut self,
+    fn spawn(
+        &self,
         doc: AppDoc,
-        queue: &mut VecDeque<AppDoc>,
+        running: &mut HashMap<String, Running>,
+        tasks: &mut JoinSet<String>,
         cancel: &CancellationToken,
-    ) -> Option<AppDoc> {
+    ) {
+        let r = Running {
+            token: cancel.child_token(),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        let job = Job {
+            installer: self.installer.clone(),
+            reports: self.reports.clone(),
+            clock: self.clock.clone(),
+            zone: self.zone.clone(),
+            token: r.token.clone(),
+            stop: r.stop.clone(),
+        };
+        running.insert(doc.name.clone(), r);
+        tasks.spawn(async move {
+            let name = doc.name.clone();
+            job.process(doc).await;
+            name
+        });
+    }
+}
+
+/// What one app's install task works with.
+struct Job {
+    installer: Arc<Installer>,
+    reports: mpsc::UnboundedSender<Report>,
+    clock: SharedClock,
+    zone: ZoneFn,
+    token: CancellationToken,
+    stop: Arc<AtomicBool>,
+}
+
+impl Job {
+    async fn process(self, doc: AppDoc) {
         let inst = self.installer.clone();
         let tx = self.reports.clone();
         let d = doc.clone();
+        let stop = self.stop.clone();
         let prepared = tokio::task::spawn_blocking(move || {
-            inst.prepare(&d, &mut |p| {
+            inst.prepare_with(&d, Some(stop), &mut |p| {
                 let _ = tx.send(Report::Progress(p));
             })
-        })
-        .await;
+        });
+        // Superseded: the download stops at its next read; wait for that, so the newer
+        // document never shares the partial file with a writer.
+        let prepared = prepared.await;
+        if self.token.is_cancelled() {
+            return;
+        }
         match prepared {
             Ok(Ok(())) => {}
             Ok(Err(outcome)) => {
                 let _ = self.reports.send(Report::Done(*outcome));
-                return None;
+                return;
             }
             Err(e) => {
                 tracing::error!(error = %e, "update task failed");
-                return None;
+                return;
             }
         }
         if let Some(w) = &doc.window {
@@ -171,13 +245,8 @@ impl UpdateWorker {
                     .min(WINDOW_STEP)
                     .max(Duration::from_millis(100));
                 tokio::select! {
-                    _ = cancel.cancelled() => return None,
+                    _ = self.token.cancelled() => return,
                     _ = tokio::time::sleep(wait) => {}
-                    d = self.rx.recv() => match d {
-                        Some(d) if d.name == doc.name => return Some(d),
-                        Some(d) => queue.push_back(d),
-                        None => return None,
-                    },
                 }
             }
         }
@@ -196,6 +265,5 @@ impl UpdateWorker {
             }
             Err(e) => tracing::error!(error = %e, "update task failed"),
         }
-        None
     }
 }

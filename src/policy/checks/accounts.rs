@@ -38,7 +38,7 @@ impl Accounts {
 
 impl Check for Accounts {
     fn evaluate(&self, ctx: &Ctx<'_>) -> Outcome {
-        let passwd = match text::read_text(&ctx.host.resolve("/etc/passwd")) {
+        let passwd = match text::read_host(ctx.host, "/etc/passwd") {
             Ok(t) => t,
             Err(e) => return Outcome::error(format!("cannot read /etc/passwd: {e}")),
         };
@@ -59,7 +59,7 @@ impl Check for Accounts {
             }
         }
         if self.no_empty_passwords {
-            let shadow = match text::read_text(&ctx.host.resolve("/etc/shadow")) {
+            let shadow = match text::read_host(ctx.host, "/etc/shadow") {
                 Ok(t) => t,
                 Err(e) => return Outcome::error(format!("cannot read /etc/shadow: {e}")),
             };

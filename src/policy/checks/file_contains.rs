@@ -55,7 +55,7 @@ impl FileContains {
 
 impl Check for FileContains {
     fn evaluate(&self, ctx: &Ctx<'_>) -> Outcome {
-        let content = match text::read_text(&ctx.host.resolve(&self.path)) {
+        let content = match text::read_host(ctx.host, &self.path) {
             Ok(c) => c,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Outcome::verdict(

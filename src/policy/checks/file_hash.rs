@@ -36,15 +36,27 @@ impl FileHash {
     }
 }
 
+/// A pinned file larger than this is refused rather than hashed for minutes.
+const HASH_CAP: u64 = 1024 * 1024 * 1024;
+
 /// Streams the file so a large binary is hashed without being held in memory.
+/// Opened without blocking and refused unless it is a regular file; at most [`HASH_CAP`] bytes.
 pub(crate) fn sha256_file(path: &std::path::Path) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
+    let mut f = crate::policy::text::open_regular(path)?.take(HASH_CAP + 1);
+    let mut total = 0u64;
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = f.read(&mut buf)?;
         if n == 0 {
             break;
+        }
+        total += n as u64;
+        if total > HASH_CAP {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "file larger than 1 GiB; not hashed",
+            ));
         }
         ctx.update(&buf[..n]);
     }
@@ -53,7 +65,7 @@ pub(crate) fn sha256_file(path: &std::path::Path) -> std::io::Result<String> {
 
 impl Check for FileHash {
     fn evaluate(&self, ctx: &Ctx<'_>) -> Outcome {
-        match sha256_file(&ctx.host.resolve(&self.path)) {
+        match crate::policy::text::confined(ctx.host, &self.path).and_then(|p| sha256_file(&p)) {
             Ok(h) => Outcome::verdict(
                 h == self.sha256,
                 json!(h),

@@ -53,7 +53,7 @@ impl FileMode {
     }
 
     fn stat(&self, ctx: &Ctx<'_>) -> std::io::Result<(u32, u32, u32)> {
-        let m = std::fs::metadata(ctx.host.resolve(&self.path))?;
+        let m = std::fs::metadata(crate::policy::text::confined(ctx.host, &self.path)?)?;
         Ok((m.mode() & 0o7777, m.uid(), m.gid()))
     }
 }

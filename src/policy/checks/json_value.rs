@@ -48,7 +48,7 @@ impl JsonValue {
     }
 
     fn load(&self, ctx: &Ctx<'_>) -> std::io::Result<Option<Value>> {
-        match text::read_text(&ctx.host.resolve(&self.path)) {
+        match text::read_host(ctx.host, &self.path) {
             Ok(t) => serde_json::from_str(&t)
                 .map(Some)
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),

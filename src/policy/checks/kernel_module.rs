@@ -63,7 +63,7 @@ impl KernelModule {
 impl Check for KernelModule {
     fn evaluate(&self, ctx: &Ctx<'_>) -> Outcome {
         let want = norm(&self.name);
-        let loaded = match text::read_text(&ctx.host.resolve("/proc/modules")) {
+        let loaded = match text::read_host(ctx.host, "/proc/modules") {
             Ok(t) => t
                 .lines()
                 .any(|l| l.split_whitespace().next().map(norm).as_deref() == Some(&want)),
@@ -73,7 +73,9 @@ impl Check for KernelModule {
         let mut blacklisted = false;
         for dir in MODPROBE_DIRS {
             for f in text::list_dir_sorted(ctx.host, dir, "conf") {
-                let Ok(t) = text::read_text(&f) else { continue };
+                let Ok(t) = text::read_host(ctx.host, &text::host_path_of(ctx.host, &f)) else {
+                    continue;
+                };
                 for l in t.lines() {
                     let w: Vec<&str> = l.split_whitespace().collect();
                     match w.as_slice() {

@@ -94,7 +94,7 @@ pub fn listeners(host: &crate::host::HostPaths) -> std::io::Result<Vec<Listener>
         ("/proc/net/udp", "udp", false),
         ("/proc/net/udp6", "udp", false),
     ] {
-        let t = match text::read_text(&host.resolve(file)) {
+        let t = match text::read_host(host, file) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),

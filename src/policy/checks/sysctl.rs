@@ -50,7 +50,7 @@ impl Sysctl {
 impl Check for Sysctl {
     fn evaluate(&self, ctx: &Ctx<'_>) -> Outcome {
         let path = self.proc_path();
-        match text::read_text(&ctx.host.resolve(&path)) {
+        match text::read_host(ctx.host, &path) {
             Ok(v) => {
                 let v = text::norm_ws(&v);
                 Outcome::verdict(
