@@ -52,6 +52,7 @@ pub struct Deps {
     pub updates: UpdateHandle,
     pub patrol: crate::patrol::PatrolHandle,
     pub usage: crate::usage::Usage,
+    pub identity: crate::identity::IdentityHandle,
 }
 
 /// A document accepted on one scope.
@@ -207,19 +208,40 @@ impl Control {
         let kinds: Vec<String> = self.docs.keys().cloned().collect();
         for kind in kinds {
             if let Some((target, doc)) = self.effective(&kind) {
-                if kind.starts_with("app/") {
+                // Applications and certificates: their own journals decide what is in force.
+                if kind.starts_with("app/") || kind == "cert" {
                     self.applied.insert(kind.clone(), (target, doc.version));
                     continue;
                 }
                 let _ = self.apply(&kind, &target, &doc, false);
             }
         }
+        self.refresh_inventory();
+    }
+
+    /// Kind → version in force, for the birth's inventory (applications are listed by release).
+    fn refresh_inventory(&self) {
+        let mut docs: BTreeMap<String, u64> = self
+            .applied
+            .iter()
+            .filter(|(k, _)| !k.starts_with("app/"))
+            .map(|(k, (_, v))| (k.clone(), *v))
+            .collect();
+        docs.insert("trust".into(), self.trust_version());
+        let apps = crate::diagnostics::inventory::apps(&self.d.cfg.paths.apps_dir);
+        self.d.publisher.update_birth(|b| {
+            if let Some(inv) = b.get_mut("inventory").and_then(Value::as_object_mut) {
+                inv.insert("docs".into(), json!(docs));
+                inv.insert("apps".into(), json!(apps));
+            }
+        });
     }
 
     pub async fn run(
         mut self,
         mut inbound: mpsc::Receiver<Inbound>,
         mut updates: mpsc::UnboundedReceiver<UpdateReport>,
+        mut certs: mpsc::UnboundedReceiver<crate::identity::CertReport>,
         cancel: CancellationToken,
     ) {
         let mut local = self.local.take();
@@ -236,6 +258,12 @@ impl Control {
                 },
                 r = updates.recv() => match r {
                     Some(r) => self.on_update(r),
+                    None => break,
+                },
+                r = certs.recv() => match r {
+                    Some(r) => {
+                        self.report("cert", &r.target, r.version, r.status, r.message, r.details);
+                    }
                     None => break,
                 },
             }
@@ -464,6 +492,23 @@ impl Control {
             "catalog" => crate::catalog::validate(v.payload())
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
+            "cert" => {
+                // A certificate belongs to one terminal: group and fleet scopes cannot hold one.
+                let own = format!("t/{}", self.d.cfg.terminal.id);
+                if v.target() != own {
+                    return Err(format!("a cert document must target {own}"));
+                }
+                self.d
+                    .identity
+                    .check(
+                        v.payload(),
+                        &self.d.cfg.terminal.id,
+                        self.d.clock.now(),
+                        self.d.cfg.security.clock_skew_s,
+                    )
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
             k => {
                 let name = k.strip_prefix("app/").unwrap_or(k);
                 let doc = AppDoc::parse(v.payload()).map_err(|e| e.to_string())?;
@@ -553,6 +598,26 @@ impl Control {
                         "applied",
                     )
                 }),
+            "cert" => self
+                .d
+                .identity
+                .check(
+                    &doc.payload,
+                    &self.d.cfg.terminal.id,
+                    self.d.clock.now(),
+                    self.d.cfg.security.clock_skew_s,
+                )
+                .map_err(|e| e.to_string())
+                .and_then(|(c, info)| {
+                    let details = json!({"request_id": c.request_id,
+                        "not_after": rfc3339(info.not_after), "phase": "connecting"});
+                    self.d.identity.install(version, target, c, info)?;
+                    Ok((
+                        "certificate accepted; reconnecting with it".to_string(),
+                        details,
+                        "in_progress",
+                    ))
+                }),
             _ => AppDoc::parse(&doc.payload)
                 .map_err(|e| e.to_string())
                 .map(|a| {
@@ -566,7 +631,9 @@ impl Control {
             Ok((message, details, status)) => {
                 self.applied
                     .insert(kind.to_string(), (target.to_string(), version));
-                self.report(kind, target, version, status, message, details)
+                let v = self.report(kind, target, version, status, message, details);
+                self.refresh_inventory();
+                v
             }
             Err(e) => self.report(kind, target, version, "failed", e, json!({})),
         }
@@ -587,6 +654,7 @@ impl Control {
             self.progress.insert(key, p.percent);
         } else if let UpdateReport::Done(o) = &r {
             self.progress.retain(|(name, _), _| *name != o.name);
+            self.refresh_inventory();
         }
         let (p_name, version, status, message, details) = match &r {
             UpdateReport::Progress(p) => (
@@ -783,6 +851,17 @@ impl Control {
         if cmd.name == "security_reset" {
             return self.security_reset(&cmd.id);
         }
+        // Long commands run beside the loop; their reply follows when they finish.
+        if let Some(work) = commands::background(&self.d, &cmd.name, &cmd.args) {
+            let d = self.d.clone();
+            let id = cmd.id.clone();
+            tokio::spawn(async move {
+                let r = work.await;
+                d.publisher
+                    .reply(&reply_doc(&d, &id, r.status, r.code, &r.message, r.result));
+            });
+            return;
+        }
         let r = commands::execute(&self.d, &cmd.name, &cmd.args).await;
         self.reply(&cmd.id, r.status, r.code, &r.message, r.result);
     }
@@ -820,15 +899,9 @@ impl Control {
     }
 
     fn reply(&self, id: &str, status: &str, code: &str, message: &str, result: Value) {
-        self.d.publisher.reply(&json!({
-            "id": id,
-            "terminal_id": self.d.cfg.terminal.id,
-            "status": status,
-            "code": code,
-            "message": message,
-            "result": result,
-            "ts": rfc3339(self.d.clock.now()),
-        }));
+        self.d
+            .publisher
+            .reply(&reply_doc(&self.d, id, status, code, message, result));
     }
 }
 
@@ -889,4 +962,17 @@ async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// A command reply (PROTOCOL §5).
+fn reply_doc(d: &Deps, id: &str, status: &str, code: &str, message: &str, result: Value) -> Value {
+    json!({
+        "id": id,
+        "terminal_id": d.cfg.terminal.id,
+        "status": status,
+        "code": code,
+        "message": message,
+        "result": result,
+        "ts": rfc3339(d.clock.now()),
+    })
 }

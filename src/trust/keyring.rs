@@ -218,6 +218,9 @@ fn parse_thresholds(raw: BTreeMap<String, u64>) -> Result<BTreeMap<Role, u32>, T
         })?;
         thresholds.insert(role, n);
     }
+    for role in Role::ADDED_V1_1 {
+        thresholds.entry(role).or_insert(1);
+    }
     if let Some(missing) = Role::ALL.iter().find(|r| !thresholds.contains_key(r)) {
         return Err(TrustError::InvalidDocument(format!(
             "thresholds has no entry for {missing}; every role needs one"
