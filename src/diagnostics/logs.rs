@@ -209,18 +209,15 @@ impl<R: Read> Read for Tee<R> {
 
 fn journal_argv(journalctl: &[String], a: &UploadArgs) -> Vec<String> {
     let mut argv = journalctl.to_vec();
-    argv.extend(
-        [
-            "-o".to_string(),
-            "json".into(),
-            "--no-pager".into(),
-            "--since".into(),
-            format!("@{}", a.since.as_second()),
-            "--until".into(),
-            format!("@{}", a.until.as_second()),
-        ]
-        .into_iter(),
-    );
+    argv.extend([
+        "-o".to_string(),
+        "json".into(),
+        "--no-pager".into(),
+        "--since".into(),
+        format!("@{}", a.since.as_second()),
+        "--until".into(),
+        format!("@{}", a.until.as_second()),
+    ]);
     for u in &a.units {
         argv.push("-u".into());
         argv.push(u.clone());

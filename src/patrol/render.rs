@@ -305,3 +305,36 @@ mod tests {
         assert_eq!(uptime(59, Lang::Zh), "0 小时 0 分钟");
     }
 }
+
+#[cfg(test)]
+mod identity_items {
+    use super::*;
+    use crate::patrol::{cert_item, clock_item};
+
+    #[test]
+    fn certificate_grades_and_words() {
+        let now: Timestamp = "2026-03-02T23:00:00Z".parse().unwrap();
+        let expired = cert_item("2026-03-01T00:00:00Z".parse().unwrap(), false, now);
+        assert_eq!((expired.ok, expired.level), (false, Some(Grade::P1)));
+        let soon = cert_item("2026-03-05T00:00:00Z".parse().unwrap(), false, now);
+        assert_eq!((soon.ok, soon.level), (true, Some(Grade::P2)));
+        let later = cert_item("2027-03-05T00:00:00Z".parse().unwrap(), false, now);
+        assert_eq!((later.ok, later.level), (true, None));
+        let ts = "2026-03-02T23:00:00Z";
+        assert_eq!(
+            cert_words(&expired.detail, ts, Lang::En).as_deref(),
+            Some("expired on 2026-03-01")
+        );
+        assert_eq!(
+            cert_words(&soon.detail, ts, Lang::Zh).as_deref(),
+            Some("有效期至 2026-03-05，剩余 2 天")
+        );
+        assert_eq!(cert_words("junk", ts, Lang::En), None);
+        let synced = clock_item(true, 12);
+        assert_eq!((synced.ok, synced.level), (true, None));
+        assert_eq!(
+            clock_words(&synced.detail, Lang::Zh).as_deref(),
+            Some("已同步，最大误差 12 毫秒")
+        );
+    }
+}
