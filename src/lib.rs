@@ -6,7 +6,7 @@
 //!
 //! The flow of a downstream message: `transport` receives bytes → `trust` verifies the DSSE
 //! envelope → `control` applies precedence, anti-rollback and replay rules → a capability
-//! (`catalog`, `policy`, `power`, `update`) acts → `control` reports back through `transport`.
+//! (`catalog`, `policy`, `power`, `update`, `identity`) acts → `control` reports back through `transport`.
 //! Shared pieces (`host`, `state`, `config`, `trust`) sit below the capabilities; capabilities
 //! never call each other and never touch the MQTT client.
 //!
