@@ -6,7 +6,7 @@
 //!
 //! The flow of a downstream message: `transport` receives bytes → `trust` verifies the DSSE
 //! envelope → `control` applies precedence, anti-rollback and replay rules → a capability
-//! (`catalog`, `policy`, `power`, `update`) acts → `control` reports back through `transport`.
+//! (`catalog`, `policy`, `power`, `update`, `identity`) acts → `control` reports back through `transport`.
 //! Shared pieces (`host`, `state`, `config`, `trust`) sit below the capabilities; capabilities
 //! never call each other and never touch the MQTT client.
 //!
@@ -20,9 +20,11 @@ pub mod app;
 pub mod catalog;
 pub mod config;
 pub mod control;
+pub mod diagnostics;
 pub mod events;
 pub mod fleet;
 pub mod host;
+pub mod identity;
 pub mod limits;
 pub mod logging;
 pub mod maintenance;

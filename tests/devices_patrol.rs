@@ -169,7 +169,12 @@ fn golden(name: &str, actual: &str) {
 fn checklist_golden_in_both_languages() {
     let d = tempfile::tempdir().unwrap();
     let mut s = PatrolStore::open(d.path()).unwrap();
-    let report = s.record(inputs("2026-03-02T23:00:00Z")).unwrap();
+    let mut with_identity = inputs("2026-03-02T23:00:00Z");
+    with_identity.items.extend([
+        kiosk_agent::patrol::cert_item(t("2026-05-01T00:00:00Z"), true, with_identity.ts),
+        kiosk_agent::patrol::clock_item(false, 16_000),
+    ]);
+    let report = s.record(with_identity).unwrap();
     golden("patrol.zh.txt", &render_checklist(&report, Lang::Zh));
     golden("patrol.en.txt", &render_checklist(&report, Lang::En));
 

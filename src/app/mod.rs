@@ -76,6 +76,7 @@ pub async fn run(cfg: Config, clock: SharedClock) -> Result<(), AppError> {
     let (transport, publisher) = Transport::new(&cfg, &identity, events.clone(), inbound_tx)?;
     let ui = crate::ui::UiWatch::new(cfg.ui.heartbeat_timeout_s, events.clone(), clock.clone())
         .muted_by(maintenance.clone());
+    let tls_switch = transport.tls_switch();
     let telemetry = Arc::new(Telemetry::new(
         &cfg,
         events.clone(),
@@ -117,6 +118,22 @@ pub async fn run(cfg: Config, clock: SharedClock) -> Result<(), AppError> {
     let tracker = TaskTracker::new();
     let cfg = Arc::new(cfg);
     let host = HostPaths::new(&cfg.paths.root);
+    let inventory =
+        crate::diagnostics::inventory::inventory(&host, &cfg.paths.apps_dir, &Default::default());
+    publisher.update_birth(|b| {
+        b.insert("inventory".into(), serde_json::Value::Object(inventory));
+    });
+    let (cert_tx, cert_rx) = mpsc::unbounded_channel();
+    let (renewal, certs) = crate::identity::Renewal::new(
+        cfg.clone(),
+        clock.clone(),
+        store.clone(),
+        publisher.clone(),
+        tls_switch,
+        events.clone(),
+        cert_tx,
+    );
+    tracker.spawn(renewal.run(cancel.clone()));
 
     let power = PowerManager::spawn(
         cfg.power.clone(),
@@ -205,6 +222,7 @@ pub async fn run(cfg: Config, clock: SharedClock) -> Result<(), AppError> {
         started: Instant::now(),
         at: cfg.patrol.at.clone(),
         rx: patrol_rx,
+        identity: certs.clone(),
     };
     tracker.spawn(runner.run(cancel.clone()));
     tracker.spawn(low_battery(
@@ -227,6 +245,7 @@ pub async fn run(cfg: Config, clock: SharedClock) -> Result<(), AppError> {
         updates,
         patrol: patrol.clone(),
         usage: usage.clone(),
+        identity: certs.clone(),
     })?;
     control.restore();
     let control_handle = control.handle();
@@ -246,11 +265,12 @@ pub async fn run(cfg: Config, clock: SharedClock) -> Result<(), AppError> {
         usage,
         ui,
         control: control_handle,
+        identity: certs,
     });
     tracker.spawn(transport.run(cancel.clone()));
     tracker.spawn(telemetry.clone().run(publisher.clone(), cancel.clone()));
     tracker.spawn(server.run(ops.clone(), cancel.clone()));
-    tracker.spawn(control.run(inbound_rx, update_rx, cancel.clone()));
+    tracker.spawn(control.run(inbound_rx, update_rx, cert_rx, cancel.clone()));
     tracker.spawn(watchdog(cancel.clone()));
     tracker.spawn(release_heap(cancel.clone()));
     tracker.close();

@@ -32,6 +32,7 @@ pub(super) struct LocalOps {
     pub(super) usage: crate::usage::Usage,
     pub(super) ui: crate::ui::UiWatch,
     pub(super) control: crate::control::ControlHandle,
+    pub(super) identity: crate::identity::IdentityHandle,
 }
 
 impl LocalOps {
@@ -53,6 +54,8 @@ impl LocalOps {
             "maintenance": self.maintenance.get(),
             "events_pending": self.events.pending(),
             "faults": faults,
+            "cert": self.identity.status(),
+            "time": self.telemetry.last_time(),
         })
     }
 }

@@ -28,6 +28,7 @@ pub struct PatrolRunner {
     pub started: Instant,
     pub at: Option<String>,
     pub rx: mpsc::UnboundedReceiver<PatrolRequest>,
+    pub identity: crate::identity::IdentityHandle,
 }
 
 /// Longest sleep before the clock is read again (NTP steps, resume).
@@ -84,12 +85,21 @@ impl PatrolRunner {
     async fn patrol(&mut self, publish: bool) -> Option<PatrolReport> {
         let probes = self.telemetry.run_probes().await;
         let status = self.power.status();
+        let now = self.clock.now();
+        let mut items: Vec<PatrolItem> = probes
+            .iter()
+            .map(|r| PatrolItem::from_probe(r, r.level))
+            .collect();
+        let cert = self.identity.status();
+        if let Some(na) = cert.not_after.as_deref().and_then(parse_time) {
+            items.push(crate::patrol::cert_item(na, cert.renewal.is_some(), now));
+        }
+        if let Some(t) = self.telemetry.last_time() {
+            items.push(crate::patrol::clock_item(t.synchronized, t.max_error_ms));
+        }
         let inputs = PatrolInputs {
-            ts: self.clock.now(),
-            items: probes
-                .iter()
-                .map(|r| PatrolItem::from_probe(r, r.level))
-                .collect(),
+            ts: now,
+            items,
             compliance: self.policy.last().map(|r| Compliance {
                 version: r.version.to_string(),
                 passed: u32::try_from(r.passed).unwrap_or(u32::MAX),

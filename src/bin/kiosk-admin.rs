@@ -39,13 +39,16 @@ enum Cmd {
         /// Key file to create; an existing file is never overwritten.
         #[arg(long)]
         out: PathBuf,
+        /// Roles to put in the printed trust entry (trust, policy, schedule, catalog, app, command, cert); repeatable.
+        #[arg(long = "role")]
+        roles: Vec<Role>,
     },
     /// Print the DSSE envelope of FILE's exact bytes, signed by every --key.
     Sign {
         /// PKCS#8 PEM Ed25519 private key (v1 as written by openssl, or v2); repeat for more signatures.
         #[arg(long = "key", required = true)]
         keys: Vec<PathBuf>,
-        /// Role the document is signed as: trust, policy, schedule, catalog, app or command.
+        /// Role the document is signed as: trust, policy, schedule, catalog, app, command or cert.
         #[arg(long = "type")]
         role: Role,
         file: PathBuf,
@@ -115,7 +118,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Keygen { out } => keygen(&out),
+        Cmd::Keygen { out, roles } => keygen(&out, &roles),
         Cmd::Sign { keys, role, file } => sign(&keys, role, &file),
         Cmd::Verify {
             trust,
@@ -370,7 +373,7 @@ fn waves(
     Ok(())
 }
 
-fn keygen(out: &Path) -> Result<()> {
+fn keygen(out: &Path, roles: &[Role]) -> Result<()> {
     let mut seed = [0u8; 32];
     SystemRandom::new()
         .fill(&mut seed)
@@ -396,7 +399,7 @@ fn keygen(out: &Path) -> Result<()> {
     let entry = serde_json::json!({
         "keyid": keyid_of(public),
         "public_key": STANDARD.encode(public),
-        "roles": [],
+        "roles": roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
     });
     println!("{entry}");
     Ok(())

@@ -396,6 +396,38 @@ fn event_rows(events: &[Value]) -> String {
     table(&["TIME", "SEQ", "SEVERITY", "CODE", "MESSAGE"], &rows)
 }
 
+/// `Certificate   expires 2027-03-01T00:00:00Z (364 days)[, renewal requested]`.
+fn cert_line(c: &Value) -> String {
+    if c["client_auth"] != json!(true) {
+        return "Certificate   none (no TLS client authentication)\n".into();
+    }
+    let renewal = match c["renewal"].as_str() {
+        Some("requested") => ", renewal requested",
+        Some("connecting") => ", connecting with the renewed certificate",
+        _ => "",
+    };
+    match (c["not_after"].as_str(), c["days_left"].as_i64()) {
+        (Some(na), Some(days)) if days < 0 => format!("Certificate   EXPIRED on {na}{renewal}\n"),
+        (Some(na), Some(days)) => format!("Certificate   expires {na} ({days} days){renewal}\n"),
+        _ => format!("Certificate   unreadable{renewal}\n"),
+    }
+}
+
+/// `Clock         synchronized (max error 12 ms)`.
+fn clock_line(t: &Value) -> String {
+    match t["synchronized"].as_bool() {
+        Some(true) => format!(
+            "Clock         synchronized (max error {} ms)\n",
+            s(&t["max_error_ms"])
+        ),
+        Some(false) => format!(
+            "Clock         NOT SYNCHRONIZED (max error {} ms)\n",
+            s(&t["max_error_ms"])
+        ),
+        None => "Clock         not read yet\n".into(),
+    }
+}
+
 fn render(cmd: &Cmd, d: &Value) -> String {
     match cmd {
         Cmd::Status => {
@@ -427,6 +459,8 @@ fn render(cmd: &Cmd, d: &Value) -> String {
                 maint,
                 s(&d["events_pending"]),
             );
+            out.push_str(&cert_line(&d["cert"]));
+            out.push_str(&clock_line(&d["time"]));
             let faults = d["faults"].as_array().cloned().unwrap_or_default();
             if faults.is_empty() {
                 out.push_str("Faults        none\n");

@@ -81,6 +81,8 @@ pub struct Mqtt {
     pub reconnect_min_s: u64,
     pub reconnect_max_s: u64,
     pub events_in_flight: usize,
+    /// Days before the client certificate's expiry when renewal starts (§9); 0: only on `cert_renew`.
+    pub renew_before_days: u64,
 }
 
 impl Default for Mqtt {
@@ -97,6 +99,7 @@ impl Default for Mqtt {
             reconnect_min_s: 1,
             reconnect_max_s: 120,
             events_in_flight: 16,
+            renew_before_days: 30,
         }
     }
 }
@@ -253,6 +256,8 @@ impl Default for Security {
 pub struct Commands {
     pub restart_units_allowed: Vec<String>,
     pub systemctl: Vec<String>,
+    /// How `logs_upload` reads the journal (argv; the window and filters are appended).
+    pub journalctl: Vec<String>,
 }
 
 impl Default for Commands {
@@ -260,6 +265,7 @@ impl Default for Commands {
         Self {
             restart_units_allowed: vec![],
             systemctl: vec!["systemctl".into()],
+            journalctl: vec!["journalctl".into()],
         }
     }
 }
@@ -512,6 +518,9 @@ impl Config {
         }
         if self.mqtt.reconnect_max_s < self.mqtt.reconnect_min_s {
             e.push("mqtt.reconnect_max_s: must be at least reconnect_min_s".into());
+        }
+        if self.mqtt.renew_before_days > 3650 {
+            e.push("mqtt.renew_before_days: must be at most 3650".into());
         }
         if self.mqtt.events_in_flight == 0 {
             e.push("mqtt.events_in_flight: must be greater than 0".into());

@@ -179,8 +179,83 @@ pub async fn execute(d: &Deps, name: &str, args: &Map<String, Value>) -> Command
                 "args.level must be one of error, warn, info, debug, trace",
             ),
         },
+        "cert_renew" => match d.identity.renew().await {
+            Ok(result) => ok("certificate signing request sent", result),
+            Err(e) => error("renew_failed", e),
+        },
         other => error("unknown_command", format!("unknown command {other:?}")),
     }
+}
+
+/// Commands too long for the control loop (an upload may take minutes): `Some` runs them
+/// beside it and the reply follows when they finish.
+pub fn background(
+    d: &Deps,
+    name: &str,
+    args: &Map<String, Value>,
+) -> Option<impl std::future::Future<Output = CommandResult> + Send + 'static> {
+    if name != "logs_upload" {
+        return None;
+    }
+    let parsed = crate::diagnostics::logs::parse_args(args);
+    let agent = crate::update::fetch::http_agent(&crate::update::fetch::FetchOptions::from_config(
+        &d.cfg.updates,
+    ));
+    let journalctl = d.cfg.commands.journalctl.clone();
+    let events = d.events.recent(d.cfg.events.recent);
+    Some(async move {
+        let a = match parsed {
+            Ok(a) => a,
+            Err(e) => return error("bad_args", e),
+        };
+        let agent = match agent {
+            Ok(agent) => agent,
+            Err(e) => return error("upload_failed", e.to_string()),
+        };
+        let (since, until) = (a.since.as_second(), a.until.as_second());
+        let events: Vec<_> = events
+            .into_iter()
+            .filter(|e| {
+                crate::host::parse_time(&e.ts)
+                    .is_some_and(|t| (since..=until).contains(&t.as_second()))
+            })
+            .collect();
+        let job = tokio::task::spawn_blocking(move || {
+            crate::diagnostics::logs::upload(
+                &agent,
+                &journalctl,
+                &a,
+                &events,
+                crate::diagnostics::logs::JOURNAL_DEADLINE,
+            )
+        });
+        match job.await {
+            Ok(Ok(result)) => {
+                let note = if result["journal"] == "read" {
+                    String::new()
+                } else {
+                    format!(
+                        " (journal {}; the agent's events only)",
+                        result["journal"].as_str().unwrap_or("")
+                    )
+                };
+                ok(
+                    format!(
+                        "{} entries uploaded, {} bytes{note}",
+                        result["entries"], result["bytes"]
+                    ),
+                    result,
+                )
+            }
+            Ok(Err((e, result))) => CommandResult {
+                status: "error",
+                code: e.code(),
+                message: e.to_string(),
+                result,
+            },
+            Err(e) => error("upload_failed", format!("the upload task failed: {e}")),
+        }
+    })
 }
 
 async fn run(argv: &[String], timeout: Duration) -> Result<(), String> {

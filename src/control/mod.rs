@@ -52,6 +52,7 @@ pub struct Deps {
     pub updates: UpdateHandle,
     pub patrol: crate::patrol::PatrolHandle,
     pub usage: crate::usage::Usage,
+    pub identity: crate::identity::IdentityHandle,
 }
 
 /// A document accepted on one scope.
@@ -272,19 +273,40 @@ impl Control {
                     self.apply(&kind, &target, &doc, false);
                     continue;
                 }
-                if kind.starts_with("app/") {
+                // Applications and certificates: their own journals decide what is in force.
+                if kind.starts_with("app/") || kind == "cert" {
                     self.applied.insert(kind.clone(), (target, doc.version));
                     continue;
                 }
                 let _ = self.apply(&kind, &target, &doc, false);
             }
         }
+        self.refresh_inventory();
+    }
+
+    /// Kind → version in force, for the birth's inventory (applications are listed by release).
+    fn refresh_inventory(&self) {
+        let mut docs: BTreeMap<String, u64> = self
+            .applied
+            .iter()
+            .filter(|(k, _)| !k.starts_with("app/"))
+            .map(|(k, (_, v))| (k.clone(), *v))
+            .collect();
+        docs.insert("trust".into(), self.trust_version());
+        let apps = crate::diagnostics::inventory::apps(&self.d.cfg.paths.apps_dir);
+        self.d.publisher.update_birth(|b| {
+            if let Some(inv) = b.get_mut("inventory").and_then(Value::as_object_mut) {
+                inv.insert("docs".into(), json!(docs));
+                inv.insert("apps".into(), json!(apps));
+            }
+        });
     }
 
     pub async fn run(
         mut self,
         mut inbound: mpsc::Receiver<Inbound>,
         mut updates: mpsc::UnboundedReceiver<UpdateReport>,
+        mut certs: mpsc::UnboundedReceiver<crate::identity::CertReport>,
         cancel: CancellationToken,
     ) {
         let mut local = self.local.take();
@@ -318,6 +340,12 @@ impl Control {
                 _ = tokio::time::sleep(self.wave_wait()), if !self.rollouts.is_empty() => {
                     self.open_waves();
                 }
+                r = certs.recv() => match r {
+                    Some(r) => {
+                        self.report("cert", &r.target, r.version, r.status, r.message, r.details);
+                    }
+                    None => break,
+                },
             }
         }
     }
@@ -570,6 +598,23 @@ impl Control {
             "catalog" => crate::catalog::validate(v.payload())
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
+            "cert" => {
+                // A certificate belongs to one terminal: group and fleet scopes cannot hold one.
+                let own = format!("t/{}", self.d.cfg.terminal.id);
+                if v.target() != own {
+                    return Err(format!("a cert document must target {own}"));
+                }
+                self.d
+                    .identity
+                    .check(
+                        v.payload(),
+                        &self.d.cfg.terminal.id,
+                        self.d.clock.now(),
+                        self.d.cfg.security.clock_skew_s,
+                    )
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
             k => {
                 let name = k.strip_prefix("app/").unwrap_or(k);
                 let doc = AppDoc::parse(v.payload()).map_err(|e| e.to_string())?;
@@ -664,6 +709,26 @@ impl Control {
                         "applied",
                     )
                 }),
+            "cert" => self
+                .d
+                .identity
+                .check(
+                    &doc.payload,
+                    &self.d.cfg.terminal.id,
+                    self.d.clock.now(),
+                    self.d.cfg.security.clock_skew_s,
+                )
+                .map_err(|e| e.to_string())
+                .and_then(|(c, info)| {
+                    let details = json!({"request_id": c.request_id,
+                        "not_after": rfc3339(info.not_after), "phase": "connecting"});
+                    self.d.identity.install(version, target, c, info)?;
+                    Ok((
+                        "certificate accepted; reconnecting with it".to_string(),
+                        details,
+                        "in_progress",
+                    ))
+                }),
             _ => AppDoc::parse(&doc.payload)
                 .map_err(|e| e.to_string())
                 .map(|a| self.start_app(kind, target, version, a)),
@@ -674,7 +739,9 @@ impl Control {
                 self.retry_n.remove(kind);
                 self.applied
                     .insert(kind.to_string(), (target.to_string(), version));
-                self.report(kind, target, version, status, message, details)
+                let v = self.report(kind, target, version, status, message, details);
+                self.refresh_inventory();
+                v
             }
             Err(e) if transient => {
                 let n = self.retry_n.entry(kind.to_string()).or_insert(0);
@@ -797,6 +864,7 @@ impl Control {
             self.progress.insert(key, p.percent);
         } else if let UpdateReport::Done(o) = &r {
             self.progress.retain(|(name, _), _| *name != o.name);
+            self.refresh_inventory();
         }
         let (p_name, version, status, message, details) = match &r {
             UpdateReport::Progress(p) => (
@@ -1000,10 +1068,17 @@ impl Control {
         if cmd.name == "security_reset" {
             return self.security_reset(&cmd.id);
         }
-        // Commands that can take long (a scan, an inspection, a unit restart) run beside the
-        // loop and reply when done, so the commands and documents behind them are answered.
-        // The id is already recorded above: at-most-once does not depend on the task.
+        // Commands that can take long (a scan, an inspection, a unit restart, an upload) run
+        // beside the loop and reply when done, so the commands and documents behind them are
+        // answered. The id is already recorded above: at-most-once does not depend on the task.
         let d = self.d.clone();
+        if let Some(work) = commands::background(&self.d, &cmd.name, &cmd.args) {
+            tokio::spawn(async move {
+                let r = work.await;
+                send_reply(&d, &cmd.id, r.status, r.code, &r.message, r.result);
+            });
+            return;
+        }
         tokio::spawn(async move {
             let r = commands::execute(&d, &cmd.name, &cmd.args).await;
             send_reply(&d, &cmd.id, r.status, r.code, &r.message, r.result);

@@ -17,7 +17,7 @@ pub use history::{PatrolStore, RETENTION_DAYS};
 pub use render::{Lang, render_checklist, render_checklist_in};
 pub use report::{
     AgentSummary, Compliance, PatrolInputs, PatrolItem, PatrolReport, PatrolSummary,
-    ScheduleSummary, build,
+    ScheduleSummary, build, cert_item, clock_item,
 };
 pub use schedule::{DEFAULT_AT, LEAD_BEFORE_ON_MINUTES, next_patrol};
 

@@ -103,6 +103,10 @@ fn kind_label(kind: &str, lang: Lang) -> &str {
         (Lang::En, "unit") => "system service",
         (Lang::En, "exec") => "self-test",
         (Lang::En, "heartbeat") => "kiosk screen",
+        (Lang::Zh, "cert") => "客户端证书",
+        (Lang::Zh, "time") => "系统时钟",
+        (Lang::En, "cert") => "client certificate",
+        (Lang::En, "time") => "system clock",
         (_, other) => other,
     }
 }
@@ -165,8 +169,14 @@ pub fn render_checklist_in(report: &PatrolReport, lang: Lang, tz: &TimeZone) -> 
         if let Some(g) = i.level {
             let _ = write!(line, " {}", grade_label(g, lang));
         }
-        if !i.detail.is_empty() {
-            let _ = write!(line, "{colon}{}", one_line(&i.detail));
+        let detail = match i.kind.as_str() {
+            "cert" => cert_words(&i.detail, &report.ts, lang),
+            "time" => clock_words(&i.detail, lang),
+            _ => None,
+        }
+        .unwrap_or_else(|| one_line(&i.detail));
+        if !detail.is_empty() {
+            let _ = write!(line, "{colon}{detail}");
         }
         let _ = writeln!(out, "{line}");
     }
@@ -206,6 +216,41 @@ pub fn render_checklist_in(report: &PatrolReport, lang: Lang, tz: &TimeZone) -> 
     };
     let _ = writeln!(out, "{}{colon}{agent}", w.agent);
     out
+}
+
+/// `2027-03-01T00:00:00Z[ renewing]` (see `cert_item`) in words, days counted from the report.
+fn cert_words(detail: &str, ts: &str, lang: Lang) -> Option<String> {
+    let mut parts = detail.split(' ');
+    let not_after: Timestamp = parts.next()?.parse().ok()?;
+    let renewing = parts.next() == Some("renewing");
+    let now: Timestamp = ts.parse().ok()?;
+    let days = (not_after.as_second() - now.as_second()).div_euclid(86_400);
+    let date = not_after.strftime("%Y-%m-%d");
+    let mut s = match (lang, days < 0) {
+        (Lang::Zh, false) => format!("有效期至 {date}，剩余 {days} 天"),
+        (Lang::Zh, true) => format!("已于 {date} 过期"),
+        (Lang::En, false) => format!("valid until {date}, {days} days left"),
+        (Lang::En, true) => format!("expired on {date}"),
+    };
+    if renewing {
+        s.push_str(match lang {
+            Lang::Zh => "，正在更新",
+            Lang::En => ", renewal under way",
+        });
+    }
+    Some(s)
+}
+
+/// `synchronized 12` (see `clock_item`) in words.
+fn clock_words(detail: &str, lang: Lang) -> Option<String> {
+    let (state, err) = detail.split_once(' ')?;
+    let err: u64 = err.parse().ok()?;
+    Some(match (lang, state) {
+        (Lang::Zh, "synchronized") => format!("已同步，最大误差 {err} 毫秒"),
+        (Lang::Zh, _) => format!("未同步，最大误差 {err} 毫秒"),
+        (Lang::En, "synchronized") => format!("synchronized, max error {err} ms"),
+        (Lang::En, _) => format!("NOT synchronized, max error {err} ms"),
+    })
 }
 
 /// A detail from a device could hold anything; a checklist line must stay one line.
@@ -258,5 +303,38 @@ mod tests {
             "3 d 4 h 5 min"
         );
         assert_eq!(uptime(59, Lang::Zh), "0 小时 0 分钟");
+    }
+}
+
+#[cfg(test)]
+mod identity_items {
+    use super::*;
+    use crate::patrol::{cert_item, clock_item};
+
+    #[test]
+    fn certificate_grades_and_words() {
+        let now: Timestamp = "2026-03-02T23:00:00Z".parse().unwrap();
+        let expired = cert_item("2026-03-01T00:00:00Z".parse().unwrap(), false, now);
+        assert_eq!((expired.ok, expired.level), (false, Some(Grade::P1)));
+        let soon = cert_item("2026-03-05T00:00:00Z".parse().unwrap(), false, now);
+        assert_eq!((soon.ok, soon.level), (true, Some(Grade::P2)));
+        let later = cert_item("2027-03-05T00:00:00Z".parse().unwrap(), false, now);
+        assert_eq!((later.ok, later.level), (true, None));
+        let ts = "2026-03-02T23:00:00Z";
+        assert_eq!(
+            cert_words(&expired.detail, ts, Lang::En).as_deref(),
+            Some("expired on 2026-03-01")
+        );
+        assert_eq!(
+            cert_words(&soon.detail, ts, Lang::Zh).as_deref(),
+            Some("有效期至 2026-03-05，剩余 2 天")
+        );
+        assert_eq!(cert_words("junk", ts, Lang::En), None);
+        let synced = clock_item(true, 12);
+        assert_eq!((synced.ok, synced.level), (true, None));
+        assert_eq!(
+            clock_words(&synced.detail, Lang::Zh).as_deref(),
+            Some("已同步，最大误差 12 毫秒")
+        );
     }
 }

@@ -30,6 +30,50 @@ impl PatrolItem {
     }
 }
 
+/// The client certificate as a checklist item: `detail` is its `not_after` (RFC 3339), followed
+/// by ` renewing` while a renewal is under way; the checklist words it in either language.
+/// Expired is a P1 (the terminal is about to drop off the network), within a week a P2.
+pub fn cert_item(not_after: Timestamp, renewing: bool, now: Timestamp) -> PatrolItem {
+    let left = not_after.as_second() - now.as_second();
+    let (ok, level) = if left < 0 {
+        (false, Some(Grade::P1))
+    } else if left < 7 * 86_400 {
+        (true, Some(Grade::P2))
+    } else {
+        (true, None)
+    };
+    let mut detail = rfc3339(not_after);
+    if renewing {
+        detail.push_str(" renewing");
+    }
+    PatrolItem {
+        id: "certificate".into(),
+        kind: "cert".into(),
+        ok,
+        level,
+        detail,
+    }
+}
+
+/// The clock discipline as a checklist item: `detail` is `synchronized <max_error_ms>` or
+/// `unsynchronized <max_error_ms>`. A clock without a time source is a P3.
+pub fn clock_item(synchronized: bool, max_error_ms: u64) -> PatrolItem {
+    PatrolItem {
+        id: "clock".into(),
+        kind: "time".into(),
+        ok: synchronized,
+        level: (!synchronized).then_some(Grade::P3),
+        detail: format!(
+            "{} {max_error_ms}",
+            if synchronized {
+                "synchronized"
+            } else {
+                "unsynchronized"
+            }
+        ),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Compliance {
     /// The policy version the checks ran against.

@@ -161,6 +161,12 @@ pub struct Telemetry {
     pub low_battery: Notify,
     /// The kiosk screen's heartbeat, shown as one more item beside the probes.
     ui: std::sync::OnceLock<crate::ui::UiWatch>,
+    /// Clock discipline (§9): where it is read and since when it is lost.
+    time: Mutex<(
+        Box<dyn crate::diagnostics::timesync::TimeSource>,
+        crate::diagnostics::timesync::TimeWatch,
+    )>,
+    last_time: Mutex<Option<crate::diagnostics::timesync::TimeStatus>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -204,7 +210,61 @@ impl Telemetry {
             clock,
             report_now: Notify::new(),
             ui: std::sync::OnceLock::new(),
+            time: Mutex::new((
+                Box::new(crate::diagnostics::timesync::KernelTime),
+                Default::default(),
+            )),
+            last_time: Mutex::new(None),
         }
+    }
+
+    /// Replaces the kernel as the source of clock-discipline figures (tests).
+    pub fn set_time_source(&self, src: Box<dyn crate::diagnostics::timesync::TimeSource>) {
+        *lock(&self.time) = (src, Default::default());
+    }
+
+    /// The last clock-discipline reading, for `kioskctl status` and the patrol.
+    pub fn last_time(&self) -> Option<crate::diagnostics::timesync::TimeStatus> {
+        *lock(&self.last_time)
+    }
+
+    /// Reads the clock discipline and raises `time.unsynchronized` / `time.recovered`.
+    fn check_time(&self) -> Option<crate::diagnostics::timesync::TimeStatus> {
+        use crate::diagnostics::timesync::{Transition, UNSYNC_ALARM_S};
+        let now = self.clock.now();
+        let (status, change) = {
+            let mut t = lock(&self.time);
+            let status = t.0.read()?;
+            let change = t.1.observe(status, now);
+            (status, change)
+        };
+        *lock(&self.last_time) = Some(status);
+        let details =
+            json!({"synchronized": status.synchronized, "max_error_ms": status.max_error_ms});
+        match change {
+            Some(Transition::Unsynchronized(since)) => {
+                self.events.emit(
+                Severity::Major,
+                "time.unsynchronized",
+                format!(
+                    "the system clock has not been synchronized since {} (more than {} minutes); expiry checks and TLS depend on it",
+                    rfc3339(since),
+                    UNSYNC_ALARM_S / 60
+                ),
+                json!({"since": rfc3339(since), "max_error_ms": status.max_error_ms}),
+                );
+            }
+            Some(Transition::Recovered) => {
+                self.events.emit(
+                    Severity::Info,
+                    "time.recovered",
+                    "the system clock is synchronized again",
+                    details,
+                );
+            }
+            None => {}
+        }
+        Some(status)
     }
 
     /// Adds the kiosk screen's heartbeat to every probe list (status, health, patrol).
@@ -388,6 +448,9 @@ impl Telemetry {
                 "agent".into(),
                 json!({"version": crate::VERSION, "rss_bytes": own_rss_bytes(), "events_pending": self.events.pending()}),
             );
+            if let Some(t) = self.check_time() {
+                obj.insert("time".into(), json!(t));
+            }
         }
         *lock(&self.last) = Some(report.clone());
         report
@@ -438,6 +501,68 @@ mod tests {
 
     fn disk(avail: u64) -> Value {
         json!({"disks": [{"mount": "/data", "total_bytes": 1000, "avail_bytes": avail}]})
+    }
+
+    struct Fake(Arc<Mutex<crate::diagnostics::timesync::TimeStatus>>);
+    impl crate::diagnostics::timesync::TimeSource for Fake {
+        fn read(&self) -> Option<crate::diagnostics::timesync::TimeStatus> {
+            Some(*lock(&self.0))
+        }
+    }
+
+    #[test]
+    fn unsynchronized_clock_raises_then_recovers() {
+        use crate::diagnostics::timesync::TimeStatus;
+        let d = tempfile::tempdir().unwrap();
+        let clock = Arc::new(FixedClock::new("2026-11-29T08:00:00Z".parse().unwrap()));
+        let cfg =
+            Config::from_toml("[terminal]\nid = \"t1\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1\"\n")
+                .map_err(|_| "config")
+                .unwrap();
+        let (ob, _) = crate::events::Outbox::open(&d.path().join("events"), 100).unwrap();
+        let events = EventSink::new(ob, "t1", clock.clone(), 50);
+        let m = Maintenance::load(crate::state::StateStore::open(d.path().join("state")).unwrap());
+        let t = Telemetry::new(&cfg, events, m, clock.clone());
+        let state = Arc::new(Mutex::new(TimeStatus {
+            synchronized: false,
+            max_error_ms: 16_000,
+        }));
+        t.set_time_source(Box::new(Fake(state.clone())));
+        let at = |s: &str| clock.set(s.parse().unwrap());
+        at("2026-11-29T08:00:00Z");
+        assert_eq!(t.check_time().map(|s| s.synchronized), Some(false));
+        at("2026-11-29T08:10:00Z");
+        t.check_time();
+        assert!(t.events.recent(10).is_empty(), "ten minutes are tolerated");
+        at("2026-11-29T08:10:01Z");
+        t.check_time();
+        at("2026-11-29T08:20:00Z");
+        t.check_time();
+        *lock(&state) = TimeStatus {
+            synchronized: true,
+            max_error_ms: 5,
+        };
+        t.check_time();
+        let got: Vec<(String, String)> = t
+            .events
+            .recent(10)
+            .into_iter()
+            .map(|e| (e.code, e.severity.as_str().to_string()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("time.unsynchronized".to_string(), "major".to_string()),
+                ("time.recovered".to_string(), "info".to_string())
+            ]
+        );
+        assert_eq!(
+            t.last_time(),
+            Some(TimeStatus {
+                synchronized: true,
+                max_error_ms: 5
+            })
+        );
     }
 
     #[test]

@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
-use serde_json::{Value, json};
-use tokio::sync::{Notify, mpsc, watch};
+use serde_json::{Map, Value, json};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -111,6 +111,8 @@ pub struct Publisher {
     wake: Arc<Notify>,
     connected: watch::Receiver<bool>,
     topics: Arc<Topics>,
+    /// Fields other parts add to the birth (inventory, `cert_not_after`), sent on every ConnAck.
+    birth_extra: Arc<Mutex<Map<String, Value>>>,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -191,6 +193,57 @@ impl Publisher {
     pub fn patrol(&self, value: &Value) -> bool {
         self.send_json(self.topics.patrol(), true, value)
     }
+
+    pub fn csr(&self, value: &Value) -> bool {
+        self.send_json(self.topics.csr(), false, value)
+    }
+
+    /// Changes the birth (state) sent on the next ConnAck; `f` gets the extra fields only.
+    pub fn update_birth(&self, f: impl FnOnce(&mut Map<String, Value>)) {
+        f(&mut self.birth_extra.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+}
+
+/// A request to reconnect with another TLS client identity (certificate renewal, §9).
+pub struct TlsSwap {
+    pub new: rustls::ClientConfig,
+    /// Put back, and the connection retried with it, when the broker refuses `new`.
+    pub previous: rustls::ClientConfig,
+    /// Birth fields that hold once `new` is in force (`cert_not_after`).
+    pub birth: Map<String, Value>,
+    /// `Ok` once the broker accepted `new` (ConnAck), `Err` with the connection error otherwise.
+    pub done: oneshot::Sender<Result<(), String>>,
+}
+
+/// Sends [`TlsSwap`]s to the transport.
+#[derive(Clone, Debug)]
+pub struct TlsSwitch(mpsc::Sender<TlsSwap>);
+
+impl TlsSwitch {
+    /// Swaps the identity and waits for the broker's verdict on it.
+    pub async fn swap(
+        &self,
+        new: rustls::ClientConfig,
+        previous: rustls::ClientConfig,
+        birth: Map<String, Value>,
+    ) -> Result<(), String> {
+        let (done, rx) = oneshot::channel();
+        self.0
+            .send(TlsSwap {
+                new,
+                previous,
+                birth,
+                done,
+            })
+            .await
+            .map_err(|_| "the MQTT connection is stopping".to_string())?;
+        rx.await
+            .map_err(|_| "the MQTT connection is stopping".to_string())?
+    }
+}
+
+fn rustls_transport(c: rustls::ClientConfig) -> rumqttc::Transport {
+    rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(Arc::new(c)))
 }
 
 /// What the birth and will messages say about this process.
@@ -239,6 +292,9 @@ pub struct Transport {
     /// The broker confirmed our subscriptions in the session it holds.
     subscribed: bool,
     first_connect: bool,
+    swaps: mpsc::Receiver<TlsSwap>,
+    swaps_tx: mpsc::Sender<TlsSwap>,
+    swapping: Option<TlsSwap>,
     stats: Option<StatsPump>,
 }
 
@@ -288,14 +344,11 @@ impl Transport {
             opts.set_credentials(user.clone(), password);
         }
         if url.tls {
-            let tls_config = tls::client_config(
-                cfg.mqtt.ca_file.as_deref(),
-                cfg.mqtt.cert_file.as_deref(),
-                cfg.mqtt.key_file.as_deref(),
-            )?;
-            opts.set_transport(rumqttc::Transport::tls_with_config(
-                rumqttc::TlsConfiguration::Rustls(Arc::new(tls_config)),
-            ));
+            // A renewed pair in force (identity/active.json) replaces the provisioned one.
+            let (cert, key) = crate::identity::active_pair(cfg);
+            let tls_config =
+                tls::client_config(cfg.mqtt.ca_file.as_deref(), cert.as_deref(), key.as_deref())?;
+            opts.set_transport(rustls_transport(tls_config));
         }
         let (client, eventloop) = AsyncClient::new(opts, REQUEST_CAPACITY);
         let (connected_tx, connected_rx) = watch::channel(false);
@@ -304,7 +357,9 @@ impl Transport {
             wake: Arc::new(Notify::new()),
             connected: connected_rx,
             topics: Arc::new(topics),
+            birth_extra: Arc::new(Mutex::new(Map::new())),
         };
+        let (swaps_tx, swaps) = mpsc::channel(1);
         let birth = json!({
             "status": "online",
             "terminal_id": cfg.terminal.id,
@@ -348,6 +403,9 @@ impl Transport {
             subscribed: false,
             first_connect: true,
             stats: None,
+            swaps,
+            swaps_tx,
+            swapping: None,
         };
         t.arm_will();
         Ok((t, publisher))
@@ -369,6 +427,22 @@ impl Transport {
 
     fn connected(&self) -> bool {
         *self.connected_tx.borrow()
+    }
+
+    /// The handle certificate renewal uses to reconnect with a new pair.
+    pub fn tls_switch(&self) -> TlsSwitch {
+        TlsSwitch(self.swaps_tx.clone())
+    }
+
+    /// Drops the connection and reconnects with `swap.new` at the next poll.
+    fn start_swap(&mut self, swap: TlsSwap) {
+        tracing::info!(url = %self.url, "reconnecting with a new client certificate");
+        self.eventloop
+            .mqtt_options
+            .set_transport(rustls_transport(swap.new.clone()));
+        self.eventloop.clean();
+        let _ = self.connected_tx.send(false);
+        self.swapping = Some(swap);
     }
 
     /// Also drains the usage-statistics outbox onto `stats` (QoS 1, in order, acknowledged).
@@ -432,6 +506,9 @@ impl Transport {
                 _ = wakeup.notified(), if connected => self.pump_events(),
                 _ = stats_wakeup.notified(), if connected => self.pump_stats(),
                 _ = out_wake.notified(), if connected => self.feed(),
+                Some(swap) = self.swaps.recv(), if self.tls && self.swapping.is_none() && stop_deadline.is_none() => {
+                    self.start_swap(swap);
+                }
                 ev = self.eventloop.poll() => match ev {
                     Ok(event) => {
                         if let Event::Incoming(Packet::ConnAck(_)) = &event {
@@ -441,6 +518,10 @@ impl Transport {
                                 tracing::info!(url = %self.url, "connected to broker");
                             }
                             failures = 0;
+                            if let Some(swap) = self.swapping.take() {
+                                self.publisher.update_birth(|b| b.extend(swap.birth));
+                                let _ = swap.done.send(Ok(()));
+                            }
                         }
                         self.on_event(event);
                         if stop_deadline.is_some() && self.offline_acked && self.events_sent.is_empty()
@@ -453,6 +534,15 @@ impl Transport {
                         let _ = self.connected_tx.send(false);
                         if stop_deadline.is_some() {
                             break;
+                        }
+                        if let Some(swap) = self.swapping.take() {
+                            tracing::warn!(url = %self.url, "the broker refused the new client certificate ({e}); back to the previous one");
+                            self.eventloop
+                                .mqtt_options
+                                .set_transport(rustls_transport(swap.previous));
+                            self.eventloop.clean();
+                            let _ = swap.done.send(Err(e.to_string()));
+                            continue;
                         }
                         failures += 1;
                         let delay = self.backoff.next_delay();
@@ -539,6 +629,15 @@ impl Transport {
             self.subscribed = true;
         }
         let mut birth = self.birth.clone();
+        if let Some(obj) = birth.as_object_mut() {
+            let extra = self
+                .publisher
+                .birth_extra
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            obj.extend(extra);
+        }
         birth["session"] = json!(session);
         self.publisher.lock().out.push_front(Item {
             topic: self.publisher.topics.state(),

@@ -23,7 +23,7 @@ impl Scope {
 /// A downstream topic, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Downstream {
-    /// `desired/{kind}`; kind is `trust`, `policy`, `schedule`, `catalog` or `app/{name}`.
+    /// `desired/{kind}`; kind is `trust`, `policy`, `schedule`, `catalog`, `cert` or `app/{name}`.
     Desired {
         scope: Scope,
         kind: String,
@@ -40,7 +40,7 @@ pub struct Topics {
     groups: Vec<String>,
 }
 
-pub const DESIRED_KINDS: &[&str] = &["trust", "policy", "schedule", "catalog"];
+pub const DESIRED_KINDS: &[&str] = &["trust", "policy", "schedule", "catalog", "cert"];
 
 impl Topics {
     pub fn new(prefix: &str, id: &str, groups: &[String]) -> Self {
@@ -79,6 +79,10 @@ impl Topics {
     }
     pub fn stats(&self) -> String {
         self.up("stats")
+    }
+    /// Certificate signing requests (§9): QoS 1, not retained.
+    pub fn csr(&self) -> String {
+        self.up("csr")
     }
     pub fn reported(&self, kind: &str) -> String {
         self.up(&format!("reported/{kind}"))

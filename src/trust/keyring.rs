@@ -79,10 +79,14 @@ impl Keyring {
             )));
         }
         let keys = parse_keys(doc.keys)?;
+        let explicit: BTreeSet<String> = doc.thresholds.keys().cloned().collect();
         let thresholds = parse_thresholds(doc.thresholds)?;
         for (role, need) in &thresholds {
             let holders = keys.values().filter(|k| k.holds(*role)).count();
-            if holders < *need as usize {
+            // A v1 root names no threshold for a later role: no key may sign it, which is
+            // how a v1 terminal behaves.
+            let implied = !explicit.contains(role.as_str());
+            if holders < *need as usize && !(implied && holders == 0) {
                 return Err(TrustError::InvalidDocument(format!(
                     "threshold for {role} is {need} but only {holders} key(s) hold that role"
                 )));
@@ -231,6 +235,9 @@ fn parse_thresholds(raw: BTreeMap<String, u64>) -> Result<BTreeMap<Role, u32>, T
             TrustError::InvalidDocument(format!("threshold for {role} must be at least 1, got {n}"))
         })?;
         thresholds.insert(role, n);
+    }
+    for role in Role::ADDED_V1_1 {
+        thresholds.entry(role).or_insert(1);
     }
     if let Some(missing) = Role::ALL.iter().find(|r| !thresholds.contains_key(r)) {
         return Err(TrustError::InvalidDocument(format!(

@@ -42,17 +42,24 @@ pub enum Role {
     Catalog,
     App,
     Command,
+    /// Signs `cert` documents: the platform's answer to a terminal's certificate request (§9).
+    Cert,
 }
 
 impl Role {
-    pub const ALL: [Role; 6] = [
+    pub const ALL: [Role; 7] = [
         Role::Trust,
         Role::Policy,
         Role::Schedule,
         Role::Catalog,
         Role::App,
         Role::Command,
+        Role::Cert,
     ];
+
+    /// Roles added after v1: a trust root written for v1 has no threshold for them, and one
+    /// key is then enough (the same as every v1 default).
+    pub const ADDED_V1_1: [Role; 1] = [Role::Cert];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -62,6 +69,7 @@ impl Role {
             Role::Catalog => "catalog",
             Role::App => "app",
             Role::Command => "command",
+            Role::Cert => "cert",
         }
     }
 
@@ -79,7 +87,9 @@ impl fmt::Display for Role {
 
 /// A role name that is not one of the roles of docs/protocol.md §2.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown role {0:?} (expected one of trust, policy, schedule, catalog, app, command)")]
+#[error(
+    "unknown role {0:?} (expected one of trust, policy, schedule, catalog, app, command, cert)"
+)]
 pub struct UnknownRole(pub String);
 
 impl FromStr for Role {

@@ -600,7 +600,7 @@ fn fetch_file(url: &str, size: u64, sink: &mut Sink<'_>) -> Result<(), FetchErro
     finish(url, sink, r)
 }
 
-fn http_agent(opts: &FetchOptions) -> Result<ureq::Agent, FetchError> {
+pub(crate) fn http_agent(opts: &FetchOptions) -> Result<ureq::Agent, FetchError> {
     use ureq::tls::{Certificate, RootCerts, TlsConfig};
     let roots: Vec<Certificate<'static>> = match &opts.ca_file {
         Some(path) => {
