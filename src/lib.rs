@@ -21,6 +21,7 @@ pub mod catalog;
 pub mod config;
 pub mod control;
 pub mod events;
+pub mod helper;
 pub mod host;
 pub mod logging;
 pub mod maintenance;
