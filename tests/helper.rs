@@ -442,3 +442,85 @@ fn trust_rotation_is_persisted_only_when_signed_by_the_current_root() {
         serde_json::from_slice(&std::fs::read(fx.t.path("trust.json")).unwrap()).unwrap();
     assert_eq!(now["version"], 2);
 }
+
+#[test]
+fn a_socket_activated_helper_serves_then_leaves_when_idle() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    daemon_user();
+    let t = Terminal::new("sz-ft-0002");
+    let d = t.dir.path().to_path_buf();
+    let sock = d.join("run/activated.sock");
+    let config = t.config(
+        "mqtt://127.0.0.1:1",
+        &format!("[helper]\ndaemon_user = \"{USER}\"\nidle_exit_s = 1\n"),
+    );
+    open_path(&d);
+    // What systemd does for kiosk-agent-helper.socket: bind, then pass the socket as fd 3.
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    std::fs::set_permissions(&sock, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let fd = listener.as_raw_fd();
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg("export LISTEN_PID=$$ LISTEN_FDS=1; exec \"$0\" --config \"$1\"")
+        .arg(helper_bin())
+        .arg(&config)
+        .stderr(std::fs::File::create(d.join("activated.log")).unwrap());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc_dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    drop(listener);
+    let mut c = as_daemon(helper_bin());
+    let out = c
+        .arg("--config")
+        .arg(&config)
+        .arg("call")
+        .arg("--socket")
+        .arg(&sock)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut p| {
+            use std::io::Write;
+            p.stdin
+                .take()
+                .unwrap()
+                .write_all(b"{\"op\":\"restart_unit\",\"unit\":\"sshd.service\"}\n")?;
+            p.wait_with_output()
+        })
+        .unwrap();
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        code(&r),
+        "unit_not_allowed",
+        "served through the passed socket: {r}\n{}",
+        std::fs::read_to_string(d.join("activated.log")).unwrap_or_default()
+    );
+    // Then nothing more comes: it exits cleanly, systemd keeps the socket for the next one.
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
+
+/// `from` becomes `to`, inherited across exec (dup2 onto itself would keep close-on-exec).
+fn libc_dup2(from: i32, to: i32) -> i32 {
+    unsafe extern "C" {
+        fn dup2(oldfd: i32, newfd: i32) -> i32;
+        fn fcntl(fd: i32, cmd: i32, ...) -> i32;
+    }
+    const F_SETFD: i32 = 2;
+    // SAFETY: plain syscalls on valid descriptor numbers, async-signal-safe.
+    unsafe {
+        if from == to {
+            fcntl(to, F_SETFD, 0)
+        } else {
+            dup2(from, to)
+        }
+    }
+}

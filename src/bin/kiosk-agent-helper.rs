@@ -94,18 +94,21 @@ fn serve(cfg: Config) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let listener = match listener(&cfg, daemon.gid.as_raw()) {
+    let (listener, activated) = match listener(&cfg, daemon.gid.as_raw()) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("kiosk-agent-helper: {e}");
             return ExitCode::FAILURE;
         }
     };
+    // Only systemd can start the helper again, so only a socket-activated helper leaves.
+    let idle_exit = (activated && cfg.helper.idle_exit_s > 0)
+        .then(|| std::time::Duration::from_secs(cfg.helper.idle_exit_s));
     let clock = Arc::new(SystemClock::from_env());
     let helper = Arc::new(Helper::new(cfg, daemon.uid.as_raw(), clock));
     tracing::info!(daemon_uid = daemon.uid.as_raw(), "kiosk-agent-helper ready");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-    match helper.serve(&listener) {
+    match helper.serve(&listener, idle_exit) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kiosk-agent-helper: accept: {e}");
@@ -116,7 +119,7 @@ fn serve(cfg: Config) -> ExitCode {
 
 /// The socket systemd passed (LISTEN_FDS), else `helper.socket` bound here: root-owned,
 /// group of the daemon's account, 0660. SO_PEERCRED is checked on every connection anyway.
-fn listener(cfg: &Config, daemon_gid: u32) -> Result<UnixListener, String> {
+fn listener(cfg: &Config, daemon_gid: u32) -> Result<(UnixListener, bool), String> {
     let ours = std::env::var("LISTEN_PID")
         .ok()
         .and_then(|p| p.parse::<u32>().ok())
@@ -124,12 +127,14 @@ fn listener(cfg: &Config, daemon_gid: u32) -> Result<UnixListener, String> {
     if ours && std::env::var("LISTEN_FDS").ok().as_deref() == Some("1") {
         // SAFETY: systemd passes the listening socket as fd 3 (sd_listen_fds(3)); nothing
         // else in this process owns it.
-        return Ok(unsafe { UnixListener::from_raw_fd(3) });
+        return Ok((unsafe { UnixListener::from_raw_fd(3) }, true));
     }
     let Some(path) = cfg.helper.socket.as_deref() else {
         return Err("helper.socket is not set and no socket was passed by systemd".into());
     };
-    bind(path, daemon_gid).map_err(|e| format!("binding {}: {e}", path.display()))
+    bind(path, daemon_gid)
+        .map(|l| (l, false))
+        .map_err(|e| format!("binding {}: {e}", path.display()))
 }
 
 fn bind(path: &Path, gid: u32) -> std::io::Result<UnixListener> {

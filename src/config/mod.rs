@@ -260,6 +260,8 @@ pub struct Helper {
     pub app_units_allowed: Vec<String>,
     /// argv of the sshd syntax check; the candidate file is appended. Empty: `<root>/usr/sbin/sshd -t -f`.
     pub sshd_validator: Vec<String>,
+    /// A socket-activated helper exits after this long without a request (0: never).
+    pub idle_exit_s: u64,
 }
 
 impl Default for Helper {
@@ -269,6 +271,7 @@ impl Default for Helper {
             daemon_user: "kiosk-agent".into(),
             app_units_allowed: vec![],
             sshd_validator: vec![],
+            idle_exit_s: 60,
         }
     }
 }

@@ -45,11 +45,41 @@ impl Helper {
         }
     }
 
-    /// Serves connections until the listener fails.
-    pub fn serve(self: &Arc<Self>, listener: &UnixListener) -> std::io::Result<()> {
+    /// Serves connections until the listener fails, or, with `idle_exit`, until no connection
+    /// came for that long (socket activation: systemd keeps the socket and starts the helper
+    /// again on the next request, so an idle terminal has no helper resident at all).
+    pub fn serve(
+        self: &Arc<Self>,
+        listener: &UnixListener,
+        idle_exit: Option<Duration>,
+    ) -> std::io::Result<()> {
+        if let Some(idle) = idle_exit {
+            // accept(2) honours the listening socket's receive timeout on Linux.
+            let tv =
+                nix::sys::time::TimeVal::new(i64::try_from(idle.as_secs()).unwrap_or(i64::MAX), 0);
+            nix::sys::socket::setsockopt(listener, nix::sys::socket::sockopt::ReceiveTimeout, &tv)
+                .map_err(std::io::Error::from)?;
+        }
         loop {
-            let (stream, _) = listener.accept()?;
-            self.handle_conn(stream);
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    // A connection inherits nothing from the listener's timeout: it gets its own.
+                    let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
+                    self.handle_conn(stream);
+                }
+                Err(e)
+                    if idle_exit.is_some()
+                        && matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                {
+                    tracing::info!("no request for helper.idle_exit_s; exiting until the next one");
+                    return Ok(());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
         }
     }
 
