@@ -23,6 +23,7 @@ pub mod control;
 pub mod diagnostics;
 pub mod events;
 pub mod fleet;
+pub mod helper;
 pub mod host;
 pub mod identity;
 pub mod limits;

@@ -32,6 +32,11 @@ fn filter(level: &str) -> Option<EnvFilter> {
 }
 
 pub fn init(level: &str) {
+    init_as(level, "kiosk-agent");
+}
+
+/// As [`init`], under another syslog identifier (the privileged helper logs as itself).
+pub fn init_as(level: &str, identifier: &str) {
     use tracing_subscriber::prelude::*;
     let (filter, handle) =
         reload::Layer::new(filter(level).unwrap_or_else(|| EnvFilter::new("info,rumqttc=warn")));
@@ -39,7 +44,7 @@ pub fn init(level: &str) {
     let journald = if under_journald() {
         match tracing_journald::layer() {
             Ok(l) => Some(
-                l.with_syslog_identifier("kiosk-agent".to_string())
+                l.with_syslog_identifier(identifier.to_string())
                     .with_field_prefix(Some(JOURNAL_FIELD_PREFIX.to_string()))
                     // info is routine (6), not notice (5): `journalctl -p notice` stays
                     // a list of what needs a look.
@@ -50,7 +55,7 @@ pub fn init(level: &str) {
                     }),
             ),
             Err(e) => {
-                eprintln!("kiosk-agent: journal socket unavailable ({e}); logging to stderr");
+                eprintln!("{identifier}: journal socket unavailable ({e}); logging to stderr");
                 None
             }
         }

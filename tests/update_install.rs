@@ -64,6 +64,7 @@ impl Env {
             ],
             command_timeout: Duration::from_secs(30),
             health_retry_interval: Duration::from_millis(100),
+            helper: None,
         };
         let clock = Arc::new(FixedClock::new("2026-03-01T03:00:00Z".parse().unwrap()));
         Installer::new(cfg, clock).unwrap()

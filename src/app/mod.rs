@@ -135,9 +135,14 @@ pub async fn run(cfg: Config, clock: SharedClock) -> Result<(), AppError> {
     );
     tracker.spawn(renewal.run(cancel.clone()));
 
-    let power = PowerManager::spawn(
+    let helper = crate::helper::Client::from_config(&cfg);
+    if let Some(h) = &helper {
+        tracing::info!(socket = %h.socket().display(), "host actions go to the privileged helper");
+    }
+    let power = PowerManager::spawn_with_helper(
         cfg.power.clone(),
         host.clone(),
+        helper.clone(),
         clock.clone(),
         events.clone(),
         cancel.clone(),
@@ -174,7 +179,11 @@ pub async fn run(cfg: Config, clock: SharedClock) -> Result<(), AppError> {
         check: Duration::from_secs(cfg.policy.check_timeout_s),
         scan: Duration::from_secs(cfg.policy.scan_timeout_s),
     });
-    tracker.spawn(policy_worker.run(cancel.clone()));
+    tracker.spawn(
+        policy_worker
+            .with_helper(helper.clone())
+            .run(cancel.clone()),
+    );
 
     let (update_tx, update_rx) = mpsc::unbounded_channel();
     let zone_power = power.clone();
@@ -229,6 +238,7 @@ pub async fn run(cfg: Config, clock: SharedClock) -> Result<(), AppError> {
         telemetry.clone(),
         events.clone(),
         cfg.power.clone(),
+        crate::helper::Client::from_config(&cfg),
         cancel.clone(),
     ));
 
@@ -376,6 +386,7 @@ async fn low_battery(
     telemetry: Arc<Telemetry>,
     events: EventSink,
     power: crate::config::Power,
+    helper: Option<crate::helper::Client>,
     cancel: CancellationToken,
 ) {
     tokio::select! {
@@ -394,6 +405,13 @@ async fn low_battery(
         "UPS battery low: powering the terminal off cleanly",
         json!({"reason": "ups_low_battery", "cmd": power.poweroff_cmd}),
     );
+    if let Some(h) = helper {
+        match crate::control::commands::helper_power(h, "poweroff").await {
+            Ok(()) => tracing::info!("low-battery power-off started by the helper"),
+            Err(e) => tracing::error!(error = %e, "low-battery power-off failed"),
+        }
+        return;
+    }
     match crate::process::run_async(power.poweroff_cmd.clone(), Duration::from_secs(60), 4096).await
     {
         Ok(f) if f.success => tracing::info!("low-battery power-off started"),

@@ -56,6 +56,8 @@ pub struct Config {
     pub ui: Ui,
     #[serde(default)]
     pub probes: Vec<ProbeConfig>,
+    #[serde(default)]
+    pub helper: Helper,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -266,6 +268,36 @@ impl Default for Commands {
             restart_units_allowed: vec![],
             systemctl: vec!["systemctl".into()],
             journalctl: vec!["journalctl".into()],
+        }
+    }
+}
+
+/// The privileged helper (`kiosk-agent-helper`). The daemon reads `socket`: set, every host
+/// action that needs root is asked of the helper there; unset, they run in-process (development,
+/// tests, a daemon started by hand). The helper reads the rest from this same root-owned file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Helper {
+    pub socket: Option<PathBuf>,
+    /// The only account whose connections the helper serves (SO_PEERCRED).
+    pub daemon_user: String,
+    /// Units an application document may have restarted, besides
+    /// `commands.restart_units_allowed`: the helper restarts nothing else.
+    pub app_units_allowed: Vec<String>,
+    /// argv of the sshd syntax check; the candidate file is appended. Empty: `<root>/usr/sbin/sshd -t -f`.
+    pub sshd_validator: Vec<String>,
+    /// A socket-activated helper exits after this long without a request (0: never).
+    pub idle_exit_s: u64,
+}
+
+impl Default for Helper {
+    fn default() -> Self {
+        Self {
+            socket: None,
+            daemon_user: "kiosk-agent".into(),
+            app_units_allowed: vec![],
+            sshd_validator: vec![],
+            idle_exit_s: 60,
         }
     }
 }
@@ -583,6 +615,21 @@ impl Config {
         }
         if self.security.max_message_bytes < 1024 {
             e.push("security.max_message_bytes: must be at least 1024".into());
+        }
+        for (i, u) in self.helper.app_units_allowed.iter().enumerate() {
+            if !crate::policy::remediate::valid_unit_name(u) {
+                e.push(format!(
+                    "helper.app_units_allowed[{i}]: {u:?} is not a unit name"
+                ));
+            }
+        }
+        if self
+            .helper
+            .socket
+            .as_ref()
+            .is_some_and(|s| !s.is_absolute())
+        {
+            e.push("helper.socket: must be an absolute path".into());
         }
         for (i, u) in self.commands.restart_units_allowed.iter().enumerate() {
             if u.is_empty() || u.starts_with('-') || u.contains('/') {

@@ -103,9 +103,14 @@ pub async fn execute(d: &Deps, name: &str, args: &Map<String, Value>) -> Command
                 json!({"action": name, "delay_s": delay, "at": rfc3339(at)}),
             );
             let action = name.to_string();
+            let helper = crate::helper::Client::from_config(&d.cfg);
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_secs(delay)).await;
-                match run(&argv, RESTART_TIMEOUT).await {
+                let done = match helper {
+                    Some(h) => helper_power(h, &action).await,
+                    None => run(&argv, RESTART_TIMEOUT).await,
+                };
+                match done {
                     Ok(_) => tracing::info!(action, "power command ran"),
                     Err(e) => tracing::error!(action, error = %e, "power command failed"),
                 }
@@ -127,6 +132,19 @@ pub async fn execute(d: &Deps, name: &str, args: &Map<String, Value>) -> Command
                     "unit_not_allowed",
                     format!("{unit} is not in commands.restart_units_allowed"),
                 );
+            }
+            if let Some(helper) = crate::helper::Client::from_config(&d.cfg) {
+                let req = crate::helper::Request::RestartUnit {
+                    unit: unit.to_string(),
+                };
+                return match tokio::task::spawn_blocking(move || helper.call(&req)).await {
+                    Ok(r) if r.ok => ok(format!("{unit} restarted"), json!({"unit": unit})),
+                    Ok(r) => error(
+                        "restart_failed",
+                        format!("{unit}: helper ({}): {}", r.code, r.message),
+                    ),
+                    Err(e) => error("restart_failed", format!("{unit}: {e}")),
+                };
             }
             let mut argv = d.cfg.commands.systemctl.clone();
             argv.extend(["restart".to_string(), unit.to_string()]);
@@ -256,6 +274,21 @@ pub fn background(
             Err(e) => error("upload_failed", format!("the upload task failed: {e}")),
         }
     })
+}
+
+/// `poweroff`/`reboot` by the privileged helper, with its own configured command.
+pub async fn helper_power(helper: crate::helper::Client, action: &str) -> Result<(), String> {
+    let action = crate::helper::PowerAction::from_label(action)
+        .ok_or_else(|| format!("{action}: not a power action"))?;
+    let r =
+        tokio::task::spawn_blocking(move || helper.call(&crate::helper::Request::Power { action }))
+            .await
+            .map_err(|e| e.to_string())?;
+    if r.ok {
+        Ok(())
+    } else {
+        Err(format!("helper ({}): {}", r.code, r.message))
+    }
 }
 
 async fn run(argv: &[String], timeout: Duration) -> Result<(), String> {

@@ -8,7 +8,7 @@
 //! `reported/{kind}` with `status: rejected`. It never parses bytes before their signature holds
 //! and never touches the MQTT client: it publishes through `transport::Publisher`.
 
-mod commands;
+pub mod commands;
 mod limiter;
 mod records;
 
@@ -62,6 +62,10 @@ struct Stored {
     target: String,
     #[serde(with = "b64")]
     payload: Vec<u8>,
+    /// The DSSE envelope as received, kept for a policy: the privileged helper re-verifies it
+    /// before it remediates.
+    #[serde(default, with = "b64", skip_serializing_if = "Vec::is_empty")]
+    envelope: Vec<u8>,
 }
 
 mod b64 {
@@ -422,13 +426,17 @@ impl Control {
         let now = self.d.clock.now();
         let sec = self.d.cfg.security.clone();
         if role == Role::Trust {
-            return match self.trust.rotate(
-                payload,
-                now,
-                sec.clock_skew_s,
-                sec.max_message_bytes,
-                &target,
-            ) {
+            let rotated = match crate::helper::Client::from_config(&self.d.cfg) {
+                None => self.trust.rotate(
+                    payload,
+                    now,
+                    sec.clock_skew_s,
+                    sec.max_message_bytes,
+                    &target,
+                ),
+                Some(helper) => self.rotate_through_helper(&helper, payload, now, &target),
+            };
+            return match rotated {
                 Ok(v) => Some(self.report(
                     kind,
                     &target,
@@ -519,6 +527,11 @@ impl Control {
                 version,
                 target: target.clone(),
                 payload: verified.payload().to_vec(),
+                envelope: if kind == "policy" {
+                    payload.to_vec()
+                } else {
+                    Vec::new()
+                },
             },
         );
         self.persist();
@@ -583,6 +596,42 @@ impl Control {
                 )
             }
         }
+    }
+
+    /// The trust root is root-owned: the daemon verifies the rotation (for the exact refusal),
+    /// the helper verifies it again and writes it, then the daemon reads the new root back.
+    fn rotate_through_helper(
+        &mut self,
+        helper: &crate::helper::Client,
+        payload: &[u8],
+        now: jiff::Timestamp,
+        target: &str,
+    ) -> Result<u64, TrustError> {
+        use base64::Engine as _;
+        let sec = &self.d.cfg.security;
+        let (next, _) = self.trust.keyring().rotate(
+            payload,
+            now,
+            sec.clock_skew_s,
+            sec.max_message_bytes,
+            target,
+        )?;
+        let r = helper.call(&crate::helper::Request::RotateTrust {
+            envelope: base64::engine::general_purpose::STANDARD.encode(payload),
+            target: target.to_string(),
+        });
+        if !r.ok {
+            return Err(TrustError::InvalidDocument(format!(
+                "the helper did not put the trust root in force ({}): {}",
+                r.code, r.message
+            )));
+        }
+        self.trust.reload()?;
+        tracing::info!(
+            version = next.version(),
+            "trust root rotated through the helper"
+        );
+        Ok(self.trust.keyring().version())
     }
 
     /// Content checks beyond the signature, so a document that cannot be applied is refused
@@ -702,7 +751,7 @@ impl Control {
                 .map_err(|e| e.to_string())
                 .map(|p| {
                     let rules = p.rules.len();
-                    self.d.policy.set_policy(p);
+                    self.d.policy.set_signed_policy(p, doc.envelope.clone());
                     (
                         format!("policy version {version} in force ({rules} rules); evaluating"),
                         json!({"rules": rules}),

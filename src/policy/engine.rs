@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use crate::host::{HostPaths, rfc3339};
 
 use super::checks::{CheckStatus, Ctx, Outcome};
-use super::doc::{Policy, Severity};
+use super::doc::{Policy, Rule, Severity};
 use super::remediate::Remediator;
 use super::runner::{CommandRunner, SystemRunner};
 
@@ -74,12 +74,19 @@ impl ComplianceReport {
     }
 }
 
+/// Performs a rule's remediation somewhere else than in this process (the privileged helper,
+/// which re-verifies the signed policy the rule comes from). Returns the action taken.
+pub trait RuleFixer: Send + Sync + std::fmt::Debug {
+    fn fix(&self, rule: &Rule) -> Result<String, String>;
+}
+
 /// Runs scans. Holds what does not change between scans: the host root and the command runner.
 #[derive(Debug, Clone)]
 pub struct Engine {
     host: HostPaths,
     runner: Arc<dyn CommandRunner>,
     deadlines: Deadlines,
+    fixer: Option<Arc<dyn RuleFixer>>,
 }
 
 /// How long one check and one whole scan may take. A check past its deadline is reported as
@@ -106,6 +113,7 @@ impl Engine {
             host,
             runner: Arc::new(SystemRunner),
             deadlines: Deadlines::default(),
+            fixer: None,
         }
     }
 
@@ -139,6 +147,12 @@ impl Engine {
                 limit.as_secs_f64()
             )),
         }
+    }
+
+    /// Sends remediations to `fixer` instead of the in-process [`Remediator`].
+    pub fn with_fixer(mut self, fixer: Arc<dyn RuleFixer>) -> Self {
+        self.fixer = Some(fixer);
+        self
     }
 
     /// Replaces the command runner (`exec` checks, unit active state); tests inject a fake.
@@ -192,11 +206,17 @@ impl Engine {
                 } else if !allow_remediation {
                     message.push_str(" (remediation not allowed now)");
                 } else {
-                    let action = rule.check.remediate(&ctx, remediator);
+                    let action = match &self.fixer {
+                        Some(f) => f.fix(rule),
+                        None => rule
+                            .check
+                            .remediate(&ctx, remediator)
+                            .map_err(|e| e.to_string()),
+                    };
                     let after = self.timed(&rule.check, self.deadlines.check);
                     let (action_text, ok) = match &action {
                         Ok(a) => (a.clone(), true),
-                        Err(e) => (e.to_string(), false),
+                        Err(e) => (e.clone(), false),
                     };
                     tracing::info!(rule = %rule.id, ok, action = %action_text, "policy remediation");
                     remediation = Some(json!({

@@ -20,7 +20,8 @@ pub mod worker;
 pub use checks::{Check, CheckStatus, Ctx, Outcome};
 pub use doc::{Policy, PolicyError, Rule, Severity, parse};
 pub use engine::{
-    ComplianceReport, Engine, ResultStatus, RuleResult, Transition, evaluate, transitions,
+    ComplianceReport, Engine, ResultStatus, RuleFixer, RuleResult, Transition, evaluate,
+    transitions,
 };
 pub use remediate::{FsRemediator, RemediateError, Remediator, Validator};
 pub use runner::{CommandOutput, CommandRunner, SystemRunner};

@@ -17,6 +17,12 @@ pub trait CommandRunner: Send + Sync + std::fmt::Debug {
     /// Runs `argv` (no shell) and waits at most `timeout`; a command still running then is
     /// killed and reported as an error, as is one that cannot be started.
     fn run(&self, argv: &[String], timeout: Duration) -> Result<CommandOutput, String>;
+
+    /// Accounts whose `/etc/shadow` hash is empty, when a privileged helper answers for the
+    /// root-only file; `None` means "read it directly".
+    fn empty_password_accounts(&self) -> Option<Result<Vec<String>, String>> {
+        None
+    }
 }
 
 /// Runs real processes. Output is capped so a chatty command cannot grow the report.

@@ -21,7 +21,7 @@ pub struct Scan {
 }
 
 enum Msg {
-    SetPolicy(Box<Policy>),
+    SetPolicy(Box<Policy>, Arc<Vec<u8>>),
     Scan(Option<oneshot::Sender<Option<Scan>>>),
 }
 
@@ -41,7 +41,15 @@ pub struct PolicyHandle {
 
 impl PolicyHandle {
     pub fn set_policy(&self, policy: Policy) {
-        let _ = self.tx.send(Msg::SetPolicy(Box::new(policy)));
+        self.set_signed_policy(policy, Vec::new());
+    }
+
+    /// The policy in force with its DSSE envelope as received: the privileged helper
+    /// re-verifies it before a remediation.
+    pub fn set_signed_policy(&self, policy: Policy, envelope: Vec<u8>) {
+        let _ = self
+            .tx
+            .send(Msg::SetPolicy(Box::new(policy), Arc::new(envelope)));
     }
 
     /// Runs a scan now and waits for it; `None` when no policy is in force.
@@ -63,6 +71,8 @@ pub struct PolicyWorker<F> {
     clock: SharedClock,
     interval: Duration,
     policy: Option<Arc<Policy>>,
+    envelope: Arc<Vec<u8>>,
+    helper: Option<crate::helper::Client>,
     persisted: Persisted,
     last: Arc<Mutex<Option<ComplianceReport>>>,
     on_scan: F,
@@ -95,6 +105,8 @@ impl<F: FnMut(&Scan) + Send + 'static> PolicyWorker<F> {
                 clock,
                 interval,
                 policy: None,
+                envelope: Arc::new(Vec::new()),
+                helper: None,
                 persisted,
                 last: last.clone(),
                 on_scan,
@@ -110,6 +122,12 @@ impl<F: FnMut(&Scan) + Send + 'static> PolicyWorker<F> {
         self
     }
 
+    /// Remediations and the accounts rule's root-only read go to the privileged helper.
+    pub fn with_helper(mut self, helper: Option<crate::helper::Client>) -> Self {
+        self.helper = helper;
+        self
+    }
+
     pub async fn run(mut self, cancel: CancellationToken) {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -120,8 +138,9 @@ impl<F: FnMut(&Scan) + Send + 'static> PolicyWorker<F> {
                 _ = tick.tick() => None,
                 msg = self.rx.recv() => match msg {
                     None => break,
-                    Some(Msg::SetPolicy(p)) => {
+                    Some(Msg::SetPolicy(p, envelope)) => {
                         self.policy = Some(Arc::new(*p));
+                        self.envelope = envelope;
                         tick.reset();
                         None
                     }
@@ -141,8 +160,15 @@ impl<F: FnMut(&Scan) + Send + 'static> PolicyWorker<F> {
         let host = self.host.clone();
         let now = self.clock.now();
         let deadlines = self.deadlines;
+        let helper = self.helper.clone();
+        let envelope = self.envelope.clone();
         let report = tokio::task::spawn_blocking(move || {
-            let engine = Engine::new(host.clone()).with_deadlines(deadlines);
+            let mut engine = Engine::new(host.clone()).with_deadlines(deadlines);
+            if let Some(c) = helper {
+                engine = engine
+                    .with_runner(Arc::new(crate::helper::HelperRunner::new(c.clone())))
+                    .with_fixer(Arc::new(crate::helper::HelperFixer::new(c, envelope)));
+            }
             let remediator = FsRemediator::new(host);
             engine.evaluate(&policy, &remediator, true, seq, now)
         })

@@ -76,11 +76,13 @@ pub trait PowerActions: Send + Sync + 'static {
     ) -> impl Future<Output = Result<CommandOutput, ExecError>> + Send;
 }
 
-/// The real machine, under `paths.root`.
+/// The real machine, under `paths.root`: in-process, or through the privileged helper when one
+/// is configured (the daemon then has no right to the RTC or to power the machine off).
 #[derive(Debug, Clone)]
 pub struct HostActions {
     wakealarm: PathBuf,
     timeout: Duration,
+    helper: Option<crate::helper::Client>,
 }
 
 impl HostActions {
@@ -88,12 +90,39 @@ impl HostActions {
         Self {
             wakealarm: host.resolve(WAKEALARM),
             timeout,
+            helper: None,
         }
+    }
+
+    /// Power actions and the RTC go to `helper`; it runs its own configured commands.
+    pub fn with_helper(mut self, helper: Option<crate::helper::Client>) -> Self {
+        self.helper = helper;
+        self
+    }
+}
+
+fn helper_err(label: &'static str, r: crate::helper::Reply) -> ExecError {
+    ExecError::Failed {
+        label,
+        cmd: "kiosk-agent-helper".into(),
+        status: r.code,
+        stderr: r.message,
     }
 }
 
 impl PowerActions for HostActions {
     fn set_wake_alarm(&self, at: Option<Timestamp>) -> Result<(), ExecError> {
+        if let Some(helper) = &self.helper {
+            let r = helper.call(&crate::helper::Request::WakeAlarm {
+                at: at.map(|t| t.as_second()),
+            });
+            return if r.ok {
+                tracing::info!(wake_at = ?at.map(crate::host::rfc3339), "RTC wake alarm set through the helper");
+                Ok(())
+            } else {
+                Err(helper_err("wake_alarm", r))
+            };
+        }
         let write = |v: &str| {
             // sysfs attributes are written in place (no temp file and rename there).
             std::fs::write(&self.wakealarm, v).map_err(|source| ExecError::WakeAlarm {
@@ -111,6 +140,25 @@ impl PowerActions for HostActions {
     }
 
     async fn run(&self, label: &'static str, argv: &[String]) -> Result<CommandOutput, ExecError> {
+        if let Some(helper) = self.helper.clone() {
+            let Some(action) = crate::helper::PowerAction::from_label(label) else {
+                return Err(ExecError::NotConfigured { label });
+            };
+            let r = tokio::task::spawn_blocking(move || {
+                helper.call(&crate::helper::Request::Power { action })
+            })
+            .await
+            .map_err(|e| ExecError::Runner {
+                label,
+                reason: e.to_string(),
+            })?;
+            return if r.ok {
+                tracing::info!(label, message = %r.message, "power action done by the helper");
+                Ok(CommandOutput::default())
+            } else {
+                Err(helper_err(label, r))
+            };
+        }
         let argv = argv.to_vec();
         let timeout = self.timeout;
         // A blocking thread with a wall-clock deadline: the command's timeout is real time, and

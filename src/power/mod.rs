@@ -210,7 +210,19 @@ impl PowerManager<HostActions> {
         events: EventSink,
         cancel: CancellationToken,
     ) -> PowerHandle {
-        let actions = HostActions::new(&host, COMMAND_TIMEOUT);
+        Self::spawn_with_helper(cfg, host, None, clock, events, cancel)
+    }
+
+    /// As [`Self::spawn`], with power actions and the RTC asked of the privileged helper.
+    pub fn spawn_with_helper(
+        cfg: config::Power,
+        host: HostPaths,
+        helper: Option<crate::helper::Client>,
+        clock: SharedClock,
+        events: EventSink,
+        cancel: CancellationToken,
+    ) -> PowerHandle {
+        let actions = HostActions::new(&host, COMMAND_TIMEOUT).with_helper(helper);
         let (mgr, handle) = PowerManager::new(cfg, actions, clock, events, cancel);
         tokio::spawn(mgr.run());
         handle

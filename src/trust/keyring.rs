@@ -272,6 +272,12 @@ impl TrustStore {
         &self.keyring
     }
 
+    /// Reads the file again (another process, the privileged helper, wrote a rotation).
+    pub fn reload(&mut self) -> Result<u64, TrustError> {
+        self.keyring = Keyring::load(&self.path)?;
+        Ok(self.keyring.version)
+    }
+
     /// Verifies a `desired/trust` envelope ([`Keyring::rotate`]), writes the new root atomically
     /// (keeping the file's mode), and only then puts it in force. If the write fails the previous
     /// root stays in force and on disk. Returns the new version.

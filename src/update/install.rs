@@ -50,6 +50,8 @@ pub struct InstallerConfig {
     pub command_timeout: Duration,
     /// Pause between two health attempts.
     pub health_retry_interval: Duration,
+    /// Restarts go to the privileged helper when set (`helper.socket`).
+    pub helper: Option<crate::helper::Client>,
 }
 
 impl InstallerConfig {
@@ -63,6 +65,7 @@ impl InstallerConfig {
             systemctl: cfg.commands.systemctl.clone(),
             command_timeout: Duration::from_secs(120),
             health_retry_interval: Duration::from_secs(2),
+            helper: crate::helper::Client::from_config(cfg),
         }
     }
 }
@@ -727,6 +730,16 @@ impl Installer {
 
     fn restart_units(&self, units: &[String]) -> Result<(), (&'static str, String)> {
         for u in units {
+            if let Some(helper) = &self.cfg.helper {
+                let r = helper.call(&crate::helper::Request::RestartUnit { unit: u.clone() });
+                if !r.ok {
+                    return Err((
+                        "restart_failed",
+                        format!("{u}: helper ({}): {}", r.code, r.message),
+                    ));
+                }
+                continue;
+            }
             self.systemctl(&["restart", u])
                 .map_err(|e| ("restart_failed", e))?;
         }

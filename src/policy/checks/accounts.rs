@@ -58,7 +58,20 @@ impl Check for Accounts {
                 empty.push(f[0].to_string());
             }
         }
-        if self.no_empty_passwords {
+        if self.no_empty_passwords
+            && let Some(verdict) = ctx.runner.empty_password_accounts()
+        {
+            match verdict {
+                Ok(names) => {
+                    for n in names {
+                        if !empty.contains(&n) {
+                            empty.push(n);
+                        }
+                    }
+                }
+                Err(e) => return Outcome::error(format!("cannot check /etc/shadow: {e}")),
+            }
+        } else if self.no_empty_passwords {
             let shadow = match text::read_host(ctx.host, "/etc/shadow") {
                 Ok(t) => t,
                 Err(e) => return Outcome::error(format!("cannot read /etc/shadow: {e}")),
