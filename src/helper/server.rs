@@ -276,11 +276,31 @@ impl Helper {
             host: &self.host,
             runner: &runner,
         };
-        if rule.check.evaluate(&ctx).status != CheckStatus::Fail {
-            return Reply::refuse(
-                codes::COMPLIANT,
-                format!("rule {rule_id:?} does not fail; nothing changed"),
-            );
+        let before = rule.check.evaluate(&ctx);
+        match before.status {
+            CheckStatus::Fail => {}
+            // The check itself could not look (a path out of the root, a special file): the
+            // daemon's engine never asks to remediate such a rule, and neither is done here.
+            CheckStatus::Error => {
+                let code = if before.message.contains("outside the host root") {
+                    codes::OUTSIDE_ROOT
+                } else {
+                    codes::REFUSED
+                };
+                return Reply::refuse(
+                    code,
+                    format!(
+                        "rule {rule_id:?} cannot be checked ({}); nothing changed",
+                        before.message
+                    ),
+                );
+            }
+            _ => {
+                return Reply::refuse(
+                    codes::COMPLIANT,
+                    format!("rule {rule_id:?} does not fail; nothing changed"),
+                );
+            }
         }
         let mut rem = FsRemediator::new(self.host.clone());
         if !self.cfg.helper.sshd_validator.is_empty() {
