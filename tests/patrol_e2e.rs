@@ -55,7 +55,13 @@ severity = "major"
     let ts: jiff::Timestamp = report["ts"].as_str().unwrap().parse().unwrap();
     assert!(ts >= due, "not before 03:00 local: {ts} < {due}");
     let items = report["items"].as_array().unwrap();
-    assert_eq!(items.len(), 2);
+    // The two probes and the clock (no certificate item: this broker is plain MQTT).
+    let ids: Vec<&str> = items.iter().filter_map(|i| i["id"].as_str()).collect();
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    assert!(
+        ids.contains(&"clock") && !ids.contains(&"certificate"),
+        "{ids:?}"
+    );
     // Worst first: the missing card reader (major → P2) leads.
     assert_eq!(items[0]["id"], "id-reader");
     assert_eq!(items[0]["ok"], false);

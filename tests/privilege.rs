@@ -105,7 +105,7 @@ fn config(term: &Term, url: &str, helper: bool) -> PathBuf {
     let cfg = term.t.config(
         url,
         &format!(
-            "[power]\npoweroff_cmd = {}\nreboot_cmd = {}\nwake_lead_minutes = 5\n\n[commands]\nrestart_units_allowed = [\"printer.service\"]\nsystemctl = {}\n\n{helper_section}",
+            "[power]\npoweroff_cmd = {}\nreboot_cmd = {}\nwake_lead_minutes = 5\nwake_spread_minutes = 0\n\n[commands]\nrestart_units_allowed = [\"printer.service\"]\nsystemctl = {}\n\n{helper_section}",
             sh("poweroff"),
             sh("reboot"),
             sh("systemctl")
