@@ -187,8 +187,9 @@ pub struct Renewal {
     reports: mpsc::UnboundedSender<CertReport>,
     shared: Arc<Shared>,
     journal: Option<Journal>,
-    /// Test hook: `KIOSK_AGENT_PAUSE_AT=cert_written` stops the worker right after the new pair
-    /// is written, before reconnecting, so a crash test can kill the process at that point.
+    /// Crash-test point: `KIOSK_AGENT_PAUSE_AT=cert_written` stops the worker right after the
+    /// new pair is written, before reconnecting, so the process can be killed exactly there.
+    /// Debug builds only: the packaged release build never reads it.
     pause_after_write: bool,
 }
 
@@ -225,8 +226,8 @@ impl Renewal {
             reports,
             shared: shared.clone(),
             journal,
-            pause_after_write: std::env::var("KIOSK_AGENT_PAUSE_AT").as_deref()
-                == Ok("cert_written"),
+            pause_after_write: cfg!(debug_assertions)
+                && std::env::var("KIOSK_AGENT_PAUSE_AT").as_deref() == Ok("cert_written"),
         };
         r.load_pending();
         r.refresh_status();
