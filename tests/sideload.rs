@@ -8,7 +8,7 @@ mod common;
 
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use common::*;
@@ -320,37 +320,6 @@ fn a_usb_bundle_is_applied_in_order_with_the_app_from_the_stick() {
     s.platform.wait_json("/reported/schedule", |v| {
         v["status"] == "applied" && v["target"] == "all"
     });
-}
-
-/// Runs kioskctl as `uid` with exactly `groups` (the first is the primary group).
-fn kioskctl_as(uid: u32, groups: &[u32], socket: &Path, args: &[&str]) -> (bool, String) {
-    let list: Vec<String> = groups.iter().map(u32::to_string).collect();
-    let out = Command::new("setpriv")
-        .arg(format!("--reuid={uid}"))
-        .arg(format!("--regid={}", groups[0]))
-        .arg(format!("--groups={}", list.join(",")))
-        .arg(kioskctl_bin())
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
-fn gid(name: &str) -> u32 {
-    nix::unistd::Group::from_name(name)
-        .unwrap()
-        .unwrap_or_else(|| panic!("group {name}"))
-        .gid
-        .as_raw()
 }
 
 #[test]

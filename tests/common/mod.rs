@@ -606,3 +606,34 @@ pub fn copy_tree(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Runs kioskctl as `uid` with exactly `groups` (the first is the primary group).
+pub fn kioskctl_as(uid: u32, groups: &[u32], socket: &Path, args: &[&str]) -> (bool, String) {
+    let list: Vec<String> = groups.iter().map(u32::to_string).collect();
+    let out = Command::new("setpriv")
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={}", groups[0]))
+        .arg(format!("--groups={}", list.join(",")))
+        .arg(kioskctl_bin())
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+pub fn gid(name: &str) -> u32 {
+    nix::unistd::Group::from_name(name)
+        .unwrap()
+        .unwrap_or_else(|| panic!("group {name}"))
+        .gid
+        .as_raw()
+}
