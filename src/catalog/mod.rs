@@ -40,18 +40,52 @@ pub fn path(state_dir: &Path) -> PathBuf {
     state_dir.join("catalog").join("current.json")
 }
 
+/// A catalog whose shape holds: the exact signed bytes (what the kiosk UI reads) and the
+/// item counts for the report.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    bytes: Vec<u8>,
+    summary: Value,
+}
+
+impl Catalog {
+    /// Checks the document's shape; the only way to build a `Catalog`.
+    pub fn parse(payload: &[u8]) -> Result<Self, CatalogError> {
+        Ok(Self {
+            summary: validate(payload)?,
+            bytes: payload.to_vec(),
+        })
+    }
+
+    /// Item counts per status.
+    pub fn summary(&self) -> &Value {
+        &self.summary
+    }
+
+    /// Whether `{state_dir}/catalog/current.json` already holds exactly this document.
+    pub fn is_current(&self, state_dir: &Path) -> bool {
+        std::fs::read(path(state_dir)).is_ok_and(|b| b == self.bytes)
+    }
+
+    /// Writes the exact bytes, atomically.
+    pub fn write(&self, state_dir: &Path) -> Result<(), CatalogError> {
+        let p = path(state_dir);
+        if let Some(dir) = p.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| StateError::Write {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        write_atomic(&p, &self.bytes, Some(0o644))?;
+        Ok(())
+    }
+}
+
 /// Checks the document's shape, then writes its exact bytes. Returns a summary for the report.
 pub fn apply(state_dir: &Path, payload: &[u8]) -> Result<Value, CatalogError> {
-    let summary = validate(payload)?;
-    let p = path(state_dir);
-    if let Some(dir) = p.parent() {
-        std::fs::create_dir_all(dir).map_err(|source| StateError::Write {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-    }
-    write_atomic(&p, payload, Some(0o644))?;
-    Ok(summary)
+    let c = Catalog::parse(payload)?;
+    c.write(state_dir)?;
+    Ok(c.summary)
 }
 
 /// Item counts per status, or why the document is unusable.

@@ -9,6 +9,7 @@
 //! and never touches the MQTT client: it publishes through `transport::Publisher`.
 
 pub mod commands;
+pub mod kinds;
 mod limiter;
 mod records;
 
@@ -26,14 +27,14 @@ use crate::host::{SharedClock, rfc3339};
 use crate::maintenance::Maintenance;
 use crate::policy::worker::PolicyHandle;
 use crate::power::PowerHandle;
-use crate::power::schedule::Schedule;
 use crate::state::StateStore;
 use crate::telemetry::Telemetry;
-use crate::transport::topics::DESIRED_KINDS;
 use crate::transport::{Downstream, Inbound, Publisher, Scope, Topics};
-use crate::trust::{Role, TrustError, TrustStore, Verified, verify_document, verify_envelope};
+use crate::trust::{Role, TrustError, TrustStore, verify_document, verify_envelope};
+use crate::update::Status as UpdateStatus;
 use crate::update::worker::{Report as UpdateReport, UpdateHandle};
-use crate::update::{AppDoc, Status as UpdateStatus};
+pub use kinds::app::{WaveWait, waiting_rollouts};
+use kinds::{ApplyError, At, Doc, Registry, Restore, Status};
 use limiter::RateLimiter;
 use records::Records;
 
@@ -85,54 +86,6 @@ mod b64 {
 
 const DOCS: &str = "control/documents.json";
 const REPORTS: &str = "control/reported.json";
-const ROLLOUTS: &str = "control/rollouts.json";
-/// A wait for a rollout wave re-reads the clock at least this often, so a step is noticed.
-const WAVE_STEP: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// An application release held back until this terminal's rollout wave opens (PROTOCOL §8).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct WaveWait {
-    pub name: String,
-    pub release: String,
-    pub version: u64,
-    pub target: String,
-    /// 1-based wave that includes this terminal; `None` when no wave does.
-    pub wave: Option<usize>,
-    pub waves: usize,
-    pub position: f64,
-    /// When that wave opens (UTC, RFC 3339); `None` when no wave includes this terminal.
-    pub not_before: Option<String>,
-}
-
-impl WaveWait {
-    fn details(&self) -> Value {
-        json!({
-            "release": self.release,
-            "wave": self.wave,
-            "waves": self.waves,
-            "position": self.position,
-            "not_before": self.not_before,
-        })
-    }
-
-    fn opens(&self) -> Option<jiff::Timestamp> {
-        self.not_before.as_deref().and_then(|t| t.parse().ok())
-    }
-}
-
-/// Releases waiting for their wave, for `kioskctl updates` (read from the control record).
-pub fn waiting_rollouts(state_dir: &std::path::Path) -> Vec<WaveWait> {
-    StateStore::open(state_dir)
-        .ok()
-        .and_then(|s| {
-            s.load::<BTreeMap<String, WaveWait>>(ROLLOUTS)
-                .ok()
-                .flatten()
-        })
-        .map(|m| m.into_values().collect())
-        .unwrap_or_default()
-}
-
 pub struct Control {
     d: Deps,
     topics: Topics,
@@ -143,15 +96,20 @@ pub struct Control {
     docs: BTreeMap<String, BTreeMap<String, Stored>>,
     /// kind → last `reported/{kind}`.
     reports: BTreeMap<String, Value>,
+    /// `kind|target` → the typed document its capability made of the stored payload.
+    parsed: HashMap<String, Doc>,
+    /// The capability of each kind.
+    kinds: Registry,
     /// kind → (target, version) in force.
     applied: HashMap<String, (String, u64)>,
+    /// kind → (target, version) handed to a worker that has not reported the final state yet
+    /// (an install, a certificate switch): not in force until it does.
+    pending: HashMap<String, (String, u64)>,
     limiter: RateLimiter,
-    /// (app, phase) → last percent reported, to thin out download progress.
-    progress: HashMap<(String, Option<crate::update::Step>), u8>,
+    /// Installer reports, thinned to what the platform needs.
+    progress: kinds::app::Progress,
     /// Side-loaded documents (the socket's `apply`), taken by `run`.
     local: Option<mpsc::Receiver<LocalApply>>,
-    /// `app/{name}` → release waiting for its rollout wave.
-    rollouts: BTreeMap<String, WaveWait>,
     /// kind → when a document whose apply failed for a transient reason is tried again.
     retry_at: HashMap<String, tokio::time::Instant>,
     /// kind → transient failures in a row (sets the backoff).
@@ -202,11 +160,44 @@ pub enum ControlError {
     State(#[from] crate::state::StateError),
 }
 
-fn role_of(kind: &str) -> Option<Role> {
-    if kind.starts_with("app/") {
-        return Some(Role::App);
+/// Why a downstream document is refused (`details.reason` of `reported/{kind}`).
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    /// The signature holds, the content cannot be applied.
+    #[error("signed document is not valid: {0}")]
+    Content(String),
+}
+
+impl Refusal {
+    fn code(&self) -> &'static str {
+        match self {
+            Refusal::Trust(e) => e.code(),
+            Refusal::Content(_) => "invalid_document",
+        }
     }
-    kind.parse().ok()
+}
+
+/// A refusal's text and its stable code.
+trait Reason: std::fmt::Display {
+    fn code(&self) -> &'static str;
+}
+
+impl Reason for Refusal {
+    fn code(&self) -> &'static str {
+        Refusal::code(self)
+    }
+}
+
+impl Reason for TrustError {
+    fn code(&self) -> &'static str {
+        TrustError::code(self)
+    }
+}
+
+fn doc_key(kind: &str, target: &str) -> String {
+    format!("{kind}|{target}")
 }
 
 impl Control {
@@ -240,9 +231,11 @@ impl Control {
             records,
             docs,
             reports,
-            rollouts: serde_json::from_value(take(load(ROLLOUTS))).unwrap_or_default(),
+            parsed: HashMap::new(),
+            kinds: Registry::standard(&d),
             applied: HashMap::new(),
-            progress: HashMap::new(),
+            pending: HashMap::new(),
+            progress: Default::default(),
             local: None,
             retry_at: HashMap::new(),
             retry_n: HashMap::new(),
@@ -267,22 +260,34 @@ impl Control {
     }
 
     /// Puts the persisted documents back in force (a kiosk that boots without network keeps
-    /// its schedule and policy). Applications are not re-installed: their own journal decides.
+    /// its schedule and policy). What a capability's own journal decides (an installed
+    /// release, a certificate pair) is adopted, not applied again.
     pub fn restore(&mut self) {
         let kinds: Vec<String> = self.docs.keys().cloned().collect();
         for kind in kinds {
-            if let Some((target, doc)) = self.effective(&kind) {
-                if kind.starts_with("app/") && self.rollouts.contains_key(&kind) {
-                    // Held for its wave: nothing reached the installer, so plan it again.
-                    self.apply(&kind, &target, &doc, false);
+            let Some((target, doc)) = self.effective(&kind) else {
+                continue;
+            };
+            let restore = match self.kinds.find(&kind) {
+                Some(f) => f.restore(&At {
+                    kind: &kind,
+                    name: &f.name,
+                    target: &target,
+                    version: doc.version,
+                    envelope: &doc.envelope,
+                }),
+                None => {
+                    tracing::warn!(kind, "stored document of a kind no longer accepted");
                     continue;
                 }
-                // Applications and certificates: their own journals decide what is in force.
-                if kind.starts_with("app/") || kind == "cert" {
+            };
+            match restore {
+                Restore::Adopt => {
                     self.applied.insert(kind.clone(), (target, doc.version));
-                    continue;
                 }
-                let _ = self.apply(&kind, &target, &doc, false);
+                Restore::Apply => {
+                    self.apply(&kind, &target, &doc, false);
+                }
             }
         }
         self.refresh_inventory();
@@ -341,13 +346,9 @@ impl Control {
                     Some(r) => self.on_update(r),
                     None => break,
                 },
-                _ = tokio::time::sleep(self.wave_wait()), if !self.rollouts.is_empty() => {
-                    self.open_waves();
-                }
+                _ = sleep_opt(self.kinds.next_due(&self.d)) => self.due(),
                 r = certs.recv() => match r {
-                    Some(r) => {
-                        self.report("cert", &r.target, r.version, r.status, r.message, r.details);
-                    }
+                    Some(r) => self.on_worker_done("cert", &r.target, r.version, r.status == "applied", r.status, r.message, r.details),
                     None => break,
                 },
             }
@@ -401,13 +402,14 @@ impl Control {
     fn on_desired(&mut self, scope: &Scope, kind: &str, payload: &[u8]) -> Option<Value> {
         let topic = format!("desired/{kind}");
         let target = scope.target(&self.d.cfg.terminal.id);
-        let Some(role) = role_of(kind) else {
-            self.security_rejected(
-                &topic,
-                None,
-                &TrustError::InvalidDocument(format!("unknown kind {kind}")),
-            );
-            return None;
+        let role = match self.kinds.find(kind) {
+            Some(f) => f.role(),
+            None if kind == "trust" => Role::Trust,
+            None => {
+                let e = Refusal::Content(format!("unknown kind {kind}"));
+                self.security_rejected(&topic, None, &e);
+                return None;
+            }
         };
         if payload.is_empty() {
             // An empty retained message clears this scope; a less specific one may take over.
@@ -446,7 +448,7 @@ impl Control {
                     json!({}),
                 )),
                 Err(TrustError::Rollback { have, got }) if have == got => self.republish(kind),
-                Err(e) => Some(self.reject(kind, &target, None, &e)),
+                Err(e) => Some(self.reject(kind, &target, None, &e.into())),
             };
         }
         let verified = match verify_document(
@@ -459,28 +461,31 @@ impl Control {
             sec.max_message_bytes,
         ) {
             Ok(v) => v,
-            Err(e) => return Some(self.reject(kind, &target, None, &e)),
+            Err(e) => return Some(self.reject(kind, &target, None, &e.into())),
         };
         let Some(version) = verified.version() else {
             return Some(self.reject(
                 kind,
                 &target,
                 None,
-                &TrustError::InvalidDocument("version is required".into()),
+                &Refusal::Content("version is required".into()),
             ));
         };
         let key = format!("{kind}|{target}");
         if let Some(since) = self.records.replay_horizon(Some(&key))
             && verified.issued_at().as_second() < since
         {
-            return Some(self.reject(
-                kind,
-                &target,
-                Some(version),
-                &TrustError::RecordsLost {
-                    since: rfc3339(jiff::Timestamp::from_second(since).unwrap_or_default()),
-                },
-            ));
+            return Some(
+                self.reject(
+                    kind,
+                    &target,
+                    Some(version),
+                    &TrustError::RecordsLost {
+                        since: rfc3339(jiff::Timestamp::from_second(since).unwrap_or_default()),
+                    }
+                    .into(),
+                ),
+            );
         }
         if let Some(&have) = self.records.versions.get(&key) {
             if version < have {
@@ -488,15 +493,16 @@ impl Control {
                     kind,
                     &target,
                     Some(version),
-                    &TrustError::Rollback { have, got: version },
+                    &TrustError::Rollback { have, got: version }.into(),
                 ));
             }
             if version == have {
-                let in_force = self
-                    .applied
-                    .get(kind)
-                    .is_some_and(|(t, v)| *t == target && *v == version);
-                if in_force {
+                let same = |m: &HashMap<String, (String, u64)>| {
+                    m.get(kind)
+                        .is_some_and(|(t, v)| *t == target && *v == version)
+                };
+                // In force, or on its way there (an install running): nothing to do again.
+                if same(&self.applied) || same(&self.pending) {
                     return self.republish(kind);
                 }
                 if self
@@ -512,26 +518,37 @@ impl Control {
                 return None;
             }
         }
-        if let Err(msg) = self.validate(kind, &verified) {
-            return Some(self.reject(
-                kind,
-                &target,
-                Some(version),
-                &TrustError::InvalidDocument(msg),
-            ));
-        }
-        self.records.versions.insert(key, version);
+        // The one parse of the content: the typed document travels on from here.
+        let Some(found) = self.kinds.find(kind) else {
+            return None;
+        };
+        let envelope = if found.keeps_envelope() {
+            payload.to_vec()
+        } else {
+            Vec::new()
+        };
+        let at = At {
+            kind,
+            name: &found.name,
+            target: &target,
+            version,
+            envelope: &envelope,
+        };
+        let typed = match found.parse(&self.d, &at, verified.payload()) {
+            Ok(t) => t,
+            Err(msg) => {
+                return Some(self.reject(kind, &target, Some(version), &Refusal::Content(msg)));
+            }
+        };
+        self.records.versions.insert(key.clone(), version);
+        self.parsed.insert(key, typed);
         self.docs.entry(kind.to_string()).or_default().insert(
             target.clone(),
             Stored {
                 version,
                 target: target.clone(),
-                payload: verified.payload().to_vec(),
-                envelope: if kind == "policy" {
-                    payload.to_vec()
-                } else {
-                    Vec::new()
-                },
+                payload: verified.into_payload(),
+                envelope,
             },
         );
         self.persist();
@@ -544,13 +561,13 @@ impl Control {
     /// not verify, go down the terminal's path, where verification refuses them as it would on
     /// MQTT (`wrong_target`, `bad_signature`, ...).
     fn on_local_apply(&mut self, kind: &str, envelope: &[u8]) -> Value {
-        let valid = DESIRED_KINDS.contains(&kind)
-            || kind
-                .strip_prefix("app/")
-                .is_some_and(crate::config::valid_id);
-        let Some(role) = role_of(kind).filter(|_| valid) else {
-            return json!({"kind": kind, "status": "invalid",
-                "message": format!("kind {kind:?} must be trust, policy, schedule, catalog or app/NAME")});
+        let role = match self.kinds.find(kind) {
+            Some(f) => f.role(),
+            None if kind == "trust" => Role::Trust,
+            None => {
+                return json!({"kind": kind, "status": "invalid",
+                    "message": format!("kind {kind:?} must be {}", self.kinds.describe())});
+            }
         };
         let id = self.d.cfg.terminal.id.clone();
         let claimed = verify_envelope(
@@ -634,50 +651,6 @@ impl Control {
         Ok(self.trust.keyring().version())
     }
 
-    /// Content checks beyond the signature, so a document that cannot be applied is refused
-    /// whole and never becomes the newest version.
-    fn validate(&self, kind: &str, v: &Verified) -> Result<(), String> {
-        match kind {
-            "schedule" => Schedule::parse(v.payload())
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            "policy" => crate::policy::parse(v.payload())
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            "catalog" => crate::catalog::validate(v.payload())
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            "cert" => {
-                // A certificate belongs to one terminal: group and fleet scopes cannot hold one.
-                let own = format!("t/{}", self.d.cfg.terminal.id);
-                if v.target() != own {
-                    return Err(format!("a cert document must target {own}"));
-                }
-                self.d
-                    .identity
-                    .check(
-                        v.payload(),
-                        &self.d.cfg.terminal.id,
-                        self.d.clock.now(),
-                        self.d.cfg.security.clock_skew_s,
-                    )
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }
-            k => {
-                let name = k.strip_prefix("app/").unwrap_or(k);
-                let doc = AppDoc::parse(v.payload()).map_err(|e| e.to_string())?;
-                if doc.name != name {
-                    return Err(format!(
-                        "name {:?} does not match the topic's app {name:?}",
-                        doc.name
-                    ));
-                }
-                Ok(())
-            }
-        }
-    }
-
     /// The most specific scope holding a document of `kind`.
     fn effective(&self, kind: &str) -> Option<(String, Stored)> {
         let docs = self.docs.get(kind)?;
@@ -690,11 +663,13 @@ impl Control {
     fn reconcile(&mut self, kind: &str) -> Option<Value> {
         match self.effective(kind) {
             Some((target, doc)) => {
-                if self.applied.get(kind) != Some(&(target.clone(), doc.version)) {
+                let want = Some(&(target.clone(), doc.version));
+                if self.applied.get(kind) != want && self.pending.get(kind) != want {
                     return Some(self.apply(kind, &target, &doc, true));
                 }
             }
             None => {
+                self.kinds.forget(&self.d, kind);
                 if self.applied.contains_key(kind) {
                     tracing::info!(
                         kind,
@@ -706,93 +681,57 @@ impl Control {
         None
     }
 
+    /// Hands the effective document to its capability and reports what that led to.
     fn apply(&mut self, kind: &str, target: &str, doc: &Stored, fresh: bool) -> Value {
         let version = doc.version;
-        // Set when the failure is the host's (I/O, resources), not the document's.
-        let mut transient = false;
-        let result: Result<(String, Value, &str), String> = match kind {
-            "catalog" => {
-                let on_disk = std::fs::read(crate::catalog::path(&self.d.cfg.paths.state_dir)).ok();
-                if !fresh && on_disk.as_deref() == Some(&doc.payload[..]) {
-                    crate::catalog::validate(&doc.payload)
-                        .map(|s| ("catalog in force".into(), s, "applied"))
-                } else {
-                    crate::catalog::apply(&self.d.cfg.paths.state_dir, &doc.payload).map(|s| {
-                        self.d.events.notice(
-                            "catalog.updated",
-                            format!("service-item catalog version {version} in force"),
-                            json!({"version": version, "target": target, "summary": s}),
-                        );
-                        (format!("catalog version {version} written"), s, "applied")
-                    })
+        let key = doc_key(kind, target);
+        let result = match self.kinds.find(kind) {
+            None => Err(ApplyError::Content(format!("unknown kind {kind}"))),
+            Some(mut found) => {
+                let name = found.name.clone();
+                let at = At {
+                    kind,
+                    name: &name,
+                    target,
+                    version,
+                    envelope: &doc.envelope,
+                };
+                // Parsed when it was accepted; a document read back from disk is parsed here.
+                let typed = match self.parsed.get(&key) {
+                    Some(t) => Ok(t.clone()),
+                    None => found.parse(&self.d, &at, &doc.payload).inspect(|t| {
+                        self.parsed.insert(key.clone(), t.clone());
+                    }),
+                };
+                match typed {
+                    Ok(t) => found.apply(&self.d, &at, &t, fresh),
+                    Err(e) => Err(ApplyError::Content(e)),
                 }
-                .map_err(|e| {
-                    transient = matches!(e, crate::catalog::CatalogError::Write(_));
-                    e.to_string()
-                })
             }
-            "schedule" => Schedule::parse(&doc.payload)
-                .map_err(|e| e.to_string())
-                .map(|s| {
-                    let now = self.d.clock.now();
-                    let details = json!({
-                        "next_on": s.next_on(now).map(rfc3339),
-                        "next_off": s.next_off(now).map(rfc3339),
-                        "timezone": s.timezone(),
-                    });
-                    self.d.power.set_schedule(Some(s));
-                    (
-                        format!("schedule version {version} in force"),
-                        details,
-                        "applied",
-                    )
-                }),
-            "policy" => crate::policy::parse(&doc.payload)
-                .map_err(|e| e.to_string())
-                .map(|p| {
-                    let rules = p.rules.len();
-                    self.d.policy.set_signed_policy(p, doc.envelope.clone());
-                    (
-                        format!("policy version {version} in force ({rules} rules); evaluating"),
-                        json!({"rules": rules}),
-                        "applied",
-                    )
-                }),
-            "cert" => self
-                .d
-                .identity
-                .check(
-                    &doc.payload,
-                    &self.d.cfg.terminal.id,
-                    self.d.clock.now(),
-                    self.d.cfg.security.clock_skew_s,
-                )
-                .map_err(|e| e.to_string())
-                .and_then(|(c, info)| {
-                    let details = json!({"request_id": c.request_id,
-                        "not_after": rfc3339(info.not_after), "phase": "connecting"});
-                    self.d.identity.install(version, target, c, info)?;
-                    Ok((
-                        "certificate accepted; reconnecting with it".to_string(),
-                        details,
-                        "in_progress",
-                    ))
-                }),
-            _ => AppDoc::parse(&doc.payload)
-                .map_err(|e| e.to_string())
-                .map(|a| self.start_app(kind, target, version, a)),
         };
         match result {
-            Ok((message, details, status)) => {
+            Ok(done) => {
                 self.retry_at.remove(kind);
                 self.retry_n.remove(kind);
-                self.applied
-                    .insert(kind.to_string(), (target.to_string(), version));
-                let v = self.report(kind, target, version, status, message, details);
+                let place = (target.to_string(), version);
+                if done.status == Status::Applied {
+                    self.pending.remove(kind);
+                    self.applied.insert(kind.to_string(), place);
+                } else {
+                    self.pending.insert(kind.to_string(), place);
+                }
+                let v = self.report(
+                    kind,
+                    target,
+                    version,
+                    done.status.as_str(),
+                    done.message,
+                    done.details,
+                );
                 self.refresh_inventory();
                 v
             }
-            Err(e) if transient => {
+            Err(ApplyError::Transient(e)) => {
                 let n = self.retry_n.entry(kind.to_string()).or_insert(0);
                 let pause = RETRY_FIRST.saturating_mul(1 << (*n).min(8)).min(RETRY_MAX);
                 *n += 1;
@@ -802,151 +741,78 @@ impl Control {
                 let details = json!({"code": "transient", "retry_in_s": pause.as_secs()});
                 self.report(kind, target, version, "failed", message, details)
             }
-            Err(e) => self.report(kind, target, version, "failed", e, json!({})),
-        }
-    }
-
-    /// Hands a release to the installer, unless its rollout wave has not opened for this
-    /// terminal yet: then nothing is downloaded and the release waits (a newer document for
-    /// the same app replaces the wait).
-    fn start_app(
-        &mut self,
-        kind: &str,
-        target: &str,
-        version: u64,
-        a: AppDoc,
-    ) -> (String, Value, &'static str) {
-        let now = self.d.clock.now();
-        if let Some(r) = &a.rollout {
-            let p = r.place(&self.d.cfg.terminal.id, &a.name, &a.release);
-            if p.not_before.is_none_or(|t| t > now) {
-                let w = WaveWait {
-                    name: a.name.clone(),
-                    release: a.release.clone(),
-                    version,
-                    target: target.to_string(),
-                    wave: p.wave.map(|i| i + 1),
-                    waves: r.waves.len(),
-                    position: p.position,
-                    not_before: p.not_before.map(rfc3339),
-                };
-                let msg = match (&w.wave, &w.not_before) {
-                    (Some(n), Some(t)) => format!(
-                        "release {} waits for rollout wave {n} of {}, opening {t}",
-                        a.release, w.waves
-                    ),
-                    _ => format!(
-                        "release {}: no rollout wave includes this terminal (position {:.4})",
-                        a.release, w.position
-                    ),
-                };
-                let details = w.details();
-                self.rollouts.insert(kind.to_string(), w);
-                self.save_rollouts();
-                return (msg, details, "waiting_wave");
+            Err(ApplyError::Content(e)) => {
+                self.report(kind, target, version, "failed", e, json!({}))
             }
         }
-        if self.rollouts.remove(kind).is_some() {
-            self.save_rollouts();
-        }
-        let msg = format!("release {} queued for installation", a.release);
-        let details = json!({"release": a.release, "phase": "queued"});
-        self.d.updates.install(a);
-        (msg, details, "in_progress")
     }
 
-    fn save_rollouts(&self) {
-        if let Err(e) = self.d.store.save(ROLLOUTS, &self.rollouts) {
-            tracing::error!(error = %e, "cannot persist rollout waits");
-        }
-    }
-
-    /// Until the earliest wave opens, in capped steps.
-    fn wave_wait(&self) -> std::time::Duration {
-        let now = self.d.clock.now();
-        self.rollouts
-            .values()
-            .filter_map(WaveWait::opens)
-            .map(|t| {
-                std::time::Duration::try_from(t.duration_since(now))
-                    .unwrap_or(std::time::Duration::ZERO)
-            })
-            .min()
-            .unwrap_or(WAVE_STEP)
-            .clamp(std::time::Duration::from_millis(50), WAVE_STEP)
-    }
-
-    fn open_waves(&mut self) {
-        let now = self.d.clock.now();
-        let due: Vec<String> = self
-            .rollouts
-            .iter()
-            .filter(|(_, w)| w.opens().is_some_and(|t| t <= now))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for kind in due {
+    /// Time-driven work a capability asked for (a rollout wave opening).
+    fn due(&mut self) {
+        for kind in self.kinds.due(&self.d) {
             match self.effective(&kind) {
                 Some((target, doc)) => {
-                    tracing::info!(kind, "rollout wave open");
+                    tracing::info!(kind, "due again");
                     self.apply(&kind, &target, &doc, true);
                 }
-                None => {
-                    self.rollouts.remove(&kind);
-                    self.save_rollouts();
-                }
+                None => self.kinds.forget(&self.d, &kind),
             }
         }
     }
 
     fn on_update(&mut self, r: UpdateReport) {
-        // Download progress comes per percent; the platform needs a step every 10% (and every
-        // phase change), not a hundred retained messages per install.
-        if let UpdateReport::Progress(p) = &r {
-            let key = (p.name.clone(), p.step);
-            let last = self.progress.get(&key).copied();
-            if p.status == UpdateStatus::InProgress
-                && p.percent != 100
-                && last.is_some_and(|l| p.percent < l.saturating_add(10))
-            {
-                return;
-            }
-            self.progress.insert(key, p.percent);
-        } else if let UpdateReport::Done(o) = &r {
-            self.progress.retain(|(name, _), _| *name != o.name);
-            self.refresh_inventory();
-        }
-        let (p_name, version, status, message, details) = match &r {
-            UpdateReport::Progress(p) => (
-                p.name.clone(),
-                p.version,
-                p.status,
-                p.message.clone(),
-                json!({"release": p.release, "phase": p.step, "percent": p.percent}),
-            ),
-            UpdateReport::Done(o) => (
-                o.name.clone(),
-                o.version,
-                o.status,
-                o.message.clone(),
-                json!({"release": o.release, "code": o.code, "current": o.current, "previous": o.previous}),
-            ),
+        let Some(r) = self.progress.report(r) else {
+            return;
         };
-        let kind = format!("app/{p_name}");
         let target = self
-            .applied
-            .get(&kind)
+            .pending
+            .get(&r.kind)
+            .or_else(|| self.applied.get(&r.kind))
             .map(|(t, _)| t.clone())
             .unwrap_or_else(|| format!("t/{}", self.d.cfg.terminal.id));
-        if let UpdateReport::Done(o) = &r {
-            let sev = match o.status {
-                UpdateStatus::Applied => Severity::Info,
-                _ => Severity::Major,
-            };
-            self.d
-                .events
-                .emit(sev, o.event_code(), o.message.clone(), json!(o));
+        let Some(o) = r.done else {
+            let _ = self.report(&r.kind, &target, r.version, r.status, r.message, r.details);
+            return;
+        };
+        let sev = match o.status {
+            UpdateStatus::Applied => Severity::Info,
+            _ => Severity::Major,
+        };
+        self.d
+            .events
+            .emit(sev, o.event_code(), o.message.clone(), json!(o));
+        self.on_worker_done(
+            &r.kind,
+            &target,
+            r.version,
+            o.status == UpdateStatus::Applied,
+            r.status,
+            r.message,
+            r.details,
+        );
+    }
+
+    /// A worker's final word on a document it was handed: only now is it in force (or not).
+    #[allow(clippy::too_many_arguments)]
+    fn on_worker_done(
+        &mut self,
+        kind: &str,
+        target: &str,
+        version: u64,
+        in_force: bool,
+        status: &str,
+        message: String,
+        details: Value,
+    ) {
+        if self.pending.get(kind).is_some_and(|(_, v)| *v == version) {
+            self.pending.remove(kind);
         }
-        let _ = self.report(&kind, &target, version, status.as_str(), message, details);
+        if in_force {
+            self.applied
+                .insert(kind.to_string(), (target.to_string(), version));
+        }
+        self.refresh_inventory();
+        let _ = self.report(kind, target, version, status, message, details);
     }
 
     fn report(
@@ -980,13 +846,7 @@ impl Control {
         Some(v.clone())
     }
 
-    fn reject(
-        &mut self,
-        kind: &str,
-        target: &str,
-        version: Option<u64>,
-        err: &TrustError,
-    ) -> Value {
+    fn reject(&mut self, kind: &str, target: &str, version: Option<u64>, err: &Refusal) -> Value {
         self.security_rejected(&format!("desired/{kind}"), Some(target), err);
         let in_force = self
             .applied
@@ -1026,7 +886,7 @@ impl Control {
         })
     }
 
-    fn security_rejected(&mut self, topic: &str, target: Option<&str>, err: &TrustError) {
+    fn security_rejected(&mut self, topic: &str, target: Option<&str>, err: &impl Reason) {
         // The journal gets what the platform gets: a flood of junk costs one line per
         // allowed event, the rest only at debug level.
         let Some(suppressed) = self.limiter.allow(std::time::Instant::now()) else {
@@ -1220,6 +1080,13 @@ fn announce_records(events: &EventSink, records: &Records, found: &records::Load
             ),
             json!({"since": since, "what": lost.what, "newly_lost": found.newly_lost, "proven_versions": records.versions.len()}),
         );
+    }
+}
+
+async fn sleep_opt(d: Option<std::time::Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -57,7 +57,7 @@ struct RawRule {
 }
 
 /// One validated rule with its check compiled (regexes built, modes parsed).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Rule {
     pub id: String,
     pub title: String,
@@ -70,7 +70,7 @@ pub struct Rule {
 }
 
 /// A validated policy, ready to evaluate as many times as the schedule asks.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Policy {
     pub version: u64,
     pub target: String,

@@ -40,8 +40,6 @@ pub struct Topics {
     groups: Vec<String>,
 }
 
-pub const DESIRED_KINDS: &[&str] = &["trust", "policy", "schedule", "catalog", "cert"];
-
 impl Topics {
     pub fn new(prefix: &str, id: &str, groups: &[String]) -> Self {
         Self {
@@ -116,10 +114,13 @@ impl Topics {
                 return Some(Downstream::Command { scope });
             }
             let kind = rest.strip_prefix("desired/")?;
-            let valid = DESIRED_KINDS.contains(&kind)
-                || kind
-                    .strip_prefix("app/")
-                    .is_some_and(crate::config::valid_id);
+            // Which kinds exist is the control layer's registry; here only the shape is checked.
+            let valid = match kind.split_once('/') {
+                Some((family, name)) => {
+                    crate::config::valid_id(family) && crate::config::valid_id(name)
+                }
+                None => crate::config::valid_id(kind),
+            };
             return valid.then(|| Downstream::Desired {
                 scope,
                 kind: kind.to_string(),
@@ -178,7 +179,15 @@ mod tests {
             Some(true)
         );
         assert_eq!(t.parse("kiosk/v1/t/sz-ft-0001/desired/app/../x"), None);
-        assert_eq!(t.parse("kiosk/v1/t/sz-ft-0001/desired/firmware"), None);
+        // Which kinds exist is the registry's to say (control refuses `firmware`); the shape is here.
+        assert_eq!(
+            t.parse("kiosk/v1/t/sz-ft-0001/desired/firmware"),
+            Some(Downstream::Desired {
+                scope: Scope::Terminal,
+                kind: "firmware".into()
+            })
+        );
+        assert_eq!(t.parse("kiosk/v1/t/sz-ft-0001/desired/Bad Kind"), None);
         assert_eq!(t.parse("kiosk/v1/t/other/cmd"), None);
         assert_eq!(Scope::Group("futian".into()).target("x"), "g/futian");
     }

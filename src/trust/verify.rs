@@ -76,6 +76,11 @@ pub struct Verified {
 }
 
 impl Verified {
+    /// The payload bytes, for a caller that keeps them after the header has been read.
+    pub fn into_payload(self) -> Vec<u8> {
+        self.payload
+    }
+
     pub fn header(&self) -> &DocumentHeader {
         &self.header
     }
