@@ -15,6 +15,7 @@
 //! heartbeat; a side-loaded document (`apply` on the socket, `sideload` bundles) enters
 //! `control` exactly where one from the broker would.
 
+pub mod actions;
 pub mod api;
 pub mod app;
 pub mod catalog;

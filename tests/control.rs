@@ -100,6 +100,8 @@ fn catalog_applies_byte_exact_and_every_refusal_changes_nothing() {
     assert_eq!(s.catalog_file(), good, "exact payload bytes on disk");
 
     let send = |s: &Setup, bytes: Vec<u8>| s.platform.publish(&topic, bytes, false);
+    let send_to =
+        |s: &Setup, leaf: &str, bytes: Vec<u8>| s.platform.publish(&s.topic(leaf), bytes, false);
     // Lower version.
     send(
         &s,
@@ -132,6 +134,20 @@ fn catalog_applies_byte_exact_and_every_refusal_changes_nothing() {
         sign("catalog", &catalog(6, &me, "active"), &[&schedule_only]),
     );
     rejected(&mut s.platform, "missing_role");
+    // A kind no capability takes: refused by name, nothing written.
+    send_to(
+        &s,
+        "desired/firmware",
+        sign("catalog", &catalog(7, &me, "offline"), &[&s.term.admin]),
+    );
+    let ev = rejected(&mut s.platform, "invalid_document");
+    assert_eq!(ev["details"]["topic"], "desired/firmware", "{ev:#}");
+    assert!(
+        ev["message"]
+            .as_str()
+            .is_some_and(|m| m.ends_with("unknown kind firmware")),
+        "{ev:#}"
+    );
     // 2-of-3 policy threshold met by one key only.
     let policy = serde_json::to_vec(&json!({"kind": "policy", "version": 1, "target": me, "issued_at": "2026-11-29T08:00:00Z",
         "rules": [{"id": "no-preload", "title": "t", "severity": "high", "clause": "c", "check": {"type": "file_absent", "path": "/etc/ld.so.preload"}, "remediate": false}]}))

@@ -399,6 +399,23 @@ fn release_applied_then_an_unhealthy_one_rolled_back() {
         u["data"]["last_outcomes"][0]["status"], "rolled_back",
         "{u:#}"
     );
+    // In force is the release that runs, not the one last queued: 1 sent again is a rollback
+    // whose report names version 1 (2 was queued, then rolled back) as in force.
+    s.publish_app(app_doc(
+        1,
+        &s.me(),
+        "1.0",
+        &server.url("2.0.tar.gz"),
+        &bytes,
+        s.health_exec(),
+    ));
+    let r = s.reported(1, |v| v["status"] == "rejected");
+    assert_eq!(r["details"]["reason"], "rollback", "{r:#}");
+    assert_eq!(
+        r["details"]["in_force"],
+        json!({"target": s.me(), "version": 1}),
+        "{r:#}"
+    );
     assert_eq!(s.agent.take().unwrap().stop().code(), Some(0));
 }
 

@@ -2,27 +2,7 @@
 
 use serde_json::{Value, json};
 
-/// Ops a member of `local.read_group` may use (technicians, the kiosk UI).
-pub const READ_OPS: &[&str] = &[
-    "status",
-    "health",
-    "inspect",
-    "inspect_publish",
-    "compliance",
-    "schedule",
-    "updates",
-    "events",
-    "catalog",
-    "patrol",
-    "subscribe",
-    "inhibit",
-    "release",
-    "usage",
-    "usage_today",
-    "heartbeat",
-];
-/// Ops only root or `local.admin_group` may use.
-pub const ADMIN_OPS: &[&str] = &["maintenance", "compliance_scan", "apply"];
+pub use crate::actions::{Local, Name};
 
 /// Who is on the other end of a connection, from `SO_PEERCRED`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,11 +13,12 @@ pub enum Principal {
 }
 
 impl Principal {
-    pub fn may(self, op: &str) -> bool {
-        match self {
-            Principal::Admin => READ_OPS.contains(&op) || ADMIN_OPS.contains(&op),
-            Principal::Reader => READ_OPS.contains(&op),
-            Principal::Nobody => false,
+    /// Whether this peer may use `op` (its group in the one table of names).
+    pub fn may(self, op: Name) -> bool {
+        match (self, op.local()) {
+            (_, Local::No) | (Principal::Nobody, _) => false,
+            (Principal::Admin, _) => true,
+            (Principal::Reader, l) => l == Local::Read,
         }
     }
 }

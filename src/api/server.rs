@@ -15,7 +15,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::proto::{self, Principal};
+use super::proto::{self, Local, Name, Principal};
 
 /// A request line may not exceed this; a longer one is refused and the connection closed.
 const MAX_LINE: u64 = 64 * 1024;
@@ -43,7 +43,7 @@ pub struct Conn {
 }
 
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, conn: &Conn, op: &str, req: &Value) -> impl Future<Output = Value> + Send;
+    fn handle(&self, conn: &Conn, op: Name, req: &Value) -> impl Future<Output = Value> + Send;
     /// The connection is gone: drop what it held (inhibitors).
     fn closed(&self, conn: &Conn);
     fn subscribe(&self) -> broadcast::Receiver<Arc<str>>;
@@ -113,21 +113,31 @@ impl Server {
                 source,
             })?;
         }
-        let _ = std::fs::remove_file(path);
-        let listener = UnixListener::bind(path).map_err(|source| ServerError::Bind {
+        // Bound under a temporary name and renamed into place once its mode and group are set,
+        // so no client ever finds the socket with other permissions than its final ones.
+        let mut staged = path.as_os_str().to_owned();
+        staged.push(".new");
+        let staged = PathBuf::from(staged);
+        let _ = std::fs::remove_file(&staged);
+        let listener = UnixListener::bind(&staged).map_err(|source| ServerError::Bind {
             path: path.to_path_buf(),
             source,
         })?;
-        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)) {
+        if let Err(e) = std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o660)) {
             tracing::warn!(path = %path.display(), error = %e, "cannot set socket mode 0660");
         }
         if let Some(gid) = gid_of(&groups.read) {
-            if let Err(e) = nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid))) {
+            if let Err(e) = nix::unistd::chown(&staged, None, Some(nix::unistd::Gid::from_raw(gid)))
+            {
                 tracing::warn!(path = %path.display(), error = %e, "cannot give the socket to the read group");
             }
         } else {
             tracing::warn!(group = %groups.read, "local.read_group does not exist; only root can use the socket");
         }
+        std::fs::rename(&staged, path).map_err(|source| ServerError::Bind {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Ok(Self {
             listener,
             groups,
@@ -329,36 +339,41 @@ async fn serve<H: Handler>(
             break;
         }
         let response = match serde_json::from_slice::<Value>(&buf) {
-            Ok(req) => match req.get("op").and_then(Value::as_str) {
+            Ok(req) => match req
+                .get("op")
+                .and_then(Value::as_str)
+                .map(|op| (op, Name::parse(op)))
+            {
                 None => proto::error("bad_request", "expected a JSON object with a string \"op\""),
-                Some(op) if !proto::READ_OPS.contains(&op) && !proto::ADMIN_OPS.contains(&op) => {
+                Some((op, name)) if name.is_none_or(|n| n.local() == Local::No) => {
                     proto::error("unknown_op", format!("unknown op {op:?}"))
                 }
-                Some(op) if !conn.principal.may(op) => proto::error(
+                Some((_, Some(op))) if !conn.principal.may(op) => proto::error(
                     "forbidden",
                     format!(
                         "uid {} may not use {op:?} (needs the technicians' or admins' group)",
                         conn.uid
                     ),
                 ),
-                Some("subscribe") => {
+                Some((_, Some(Name::Subscribe))) => {
                     if subscription.is_none() {
                         subscription = Some(tokio::spawn(forward(handler.subscribe(), tx.clone())));
                     }
                     proto::ok(json!({"subscribed": true}))
                 }
-                Some(op) => {
+                Some((_, Some(op))) => {
                     let r = handler.handle(&conn, op, &req).await;
                     if r.get("ok") == Some(&Value::Bool(true)) {
                         match op {
-                            "inhibit" => holds = 1,
+                            Name::Inhibit => holds = 1,
                             // `release` drops every inhibitor this connection held.
-                            "release" => holds = 0,
+                            Name::Release => holds = 0,
                             _ => {}
                         }
                     }
                     r
                 }
+                Some((op, None)) => proto::error("unknown_op", format!("unknown op {op:?}")),
             },
             Err(e) => proto::error("bad_request", format!("not JSON: {e}")),
         };
@@ -409,8 +424,8 @@ mod tests {
             authorize(1000, &[1000], Some(60), Some(50)),
             Principal::Nobody
         );
-        assert!(!Principal::Reader.may("maintenance"));
-        assert!(Principal::Reader.may("inhibit"));
-        assert!(!Principal::Nobody.may("status"));
+        assert!(!Principal::Reader.may(Name::Maintenance));
+        assert!(Principal::Reader.may(Name::Inhibit));
+        assert!(!Principal::Nobody.may(Name::Status));
     }
 }

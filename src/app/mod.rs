@@ -2,7 +2,6 @@
 //! cancellation token, talks to systemd (READY, WATCHDOG, STOPPING, STATUS) and stops cleanly
 //! on SIGTERM. No decision is made here.
 
-mod ops;
 mod patrol;
 
 use std::sync::Arc;
@@ -256,27 +255,12 @@ pub async fn run(cfg: Config, clock: SharedClock) -> Result<(), AppError> {
         patrol: patrol.clone(),
         usage: usage.clone(),
         identity: certs.clone(),
+        ui,
+        started_at,
     })?;
     control.restore();
-    let control_handle = control.handle();
     tracing::info!(trust_version = control.trust_version(), "trust root loaded");
-
-    let ops = Arc::new(ops::LocalOps {
-        cfg: cfg.clone(),
-        started_at,
-        clock: clock.clone(),
-        events: events.clone(),
-        maintenance: maintenance.clone(),
-        telemetry: telemetry.clone(),
-        publisher: publisher.clone(),
-        power: power.clone(),
-        policy,
-        patrol,
-        usage,
-        ui,
-        control: control_handle,
-        identity: certs,
-    });
+    let ops = Arc::new(control.parts());
     tracker.spawn(transport.run(cancel.clone()));
     tracker.spawn(telemetry.clone().run(publisher.clone(), cancel.clone()));
     tracker.spawn(server.run(ops.clone(), cancel.clone()));
@@ -406,7 +390,7 @@ async fn low_battery(
         json!({"reason": "ups_low_battery", "cmd": power.poweroff_cmd}),
     );
     if let Some(h) = helper {
-        match crate::control::commands::helper_power(h, "poweroff").await {
+        match crate::actions::helper_power(h, "poweroff").await {
             Ok(()) => tracing::info!("low-battery power-off started by the helper"),
             Err(e) => tracing::error!(error = %e, "low-battery power-off failed"),
         }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use kiosk_agent::actions::Name;
 use kiosk_agent::api::client::Client;
 use kiosk_agent::patrol::{Lang, PatrolReport, render_checklist_in};
 use serde_json::{Value, json};
@@ -110,25 +111,25 @@ fn main() -> ExitCode {
 
 fn request(cmd: &Cmd) -> Value {
     match cmd {
-        Cmd::Status => json!({"op": "status"}),
-        Cmd::Health => json!({"op": "health"}),
+        Cmd::Status => json!({"op": Name::Status}),
+        Cmd::Health => json!({"op": Name::Health}),
         Cmd::Inspect { publish, .. } => {
-            json!({"op": if *publish { "inspect_publish" } else { "inspect" }})
+            json!({"op": if *publish { Name::InspectPublish } else { Name::Inspect }})
         }
-        Cmd::Patrol { days, .. } => json!({"op": "patrol", "days": days}),
-        Cmd::Events { limit, .. } => json!({"op": "events", "limit": limit}),
+        Cmd::Patrol { days, .. } => json!({"op": Name::Patrol, "days": days}),
+        Cmd::Events { limit, .. } => json!({"op": Name::Events, "limit": limit}),
         Cmd::Maintenance { state, reason } => {
-            json!({"op": "maintenance", "on": state == "on", "reason": reason})
+            json!({"op": Name::Maintenance, "on": state == "on", "reason": reason})
         }
-        Cmd::Catalog => json!({"op": "catalog"}),
+        Cmd::Catalog => json!({"op": Name::Catalog}),
         Cmd::Compliance { scan } => {
-            json!({"op": if *scan { "compliance_scan" } else { "compliance" }})
+            json!({"op": if *scan { Name::ComplianceScan } else { Name::Compliance }})
         }
-        Cmd::Schedule => json!({"op": "schedule"}),
-        Cmd::Updates => json!({"op": "updates"}),
-        Cmd::Usage { .. } => json!({"op": "usage_today"}),
+        Cmd::Schedule => json!({"op": Name::Schedule}),
+        Cmd::Updates => json!({"op": Name::Updates}),
+        Cmd::Usage { .. } => json!({"op": Name::UsageToday}),
         // Built per file by `apply`.
-        Cmd::Apply { .. } => json!({"op": "apply"}),
+        Cmd::Apply { .. } => json!({"op": Name::Apply}),
     }
 }
 
@@ -208,7 +209,7 @@ fn apply(cli: &Cli, kind: Option<&str>, path: &std::path::Path) -> anyhow::Resul
             }
         };
         let resp = client
-            .call(&json!({"op": "apply", "kind": kind, "envelope": envelope}))
+            .call(&json!({"op": Name::Apply, "kind": kind, "envelope": envelope}))
             .context("request failed")?;
         let (report, status) = if resp["ok"] == json!(true) {
             (resp["data"].clone(), s(&resp["data"]["status"]))
@@ -280,7 +281,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         print!("{}", render(&cli.cmd, data));
     }
     if let Cmd::Events { follow: true, .. } = cli.cmd {
-        client.call(&json!({"op": "subscribe"}))?;
+        client.call(&json!({"op": Name::Subscribe}))?;
         loop {
             let line = client.next_line()?;
             if line.get("ok").is_some() {

@@ -8,7 +8,6 @@
 //! `reported/{kind}` with `status: rejected`. It never parses bytes before their signature holds
 //! and never touches the MQTT client: it publishes through `transport::Publisher`.
 
-pub mod commands;
 pub mod kinds;
 mod limiter;
 mod records;
@@ -54,6 +53,9 @@ pub struct Deps {
     pub patrol: crate::patrol::PatrolHandle,
     pub usage: crate::usage::Usage,
     pub identity: crate::identity::IdentityHandle,
+    pub ui: crate::ui::UiWatch,
+    /// When this agent started (RFC 3339), for `status`.
+    pub started_at: String,
 }
 
 /// A document accepted on one scope.
@@ -105,28 +107,40 @@ pub struct Control {
     /// kind → (target, version) handed to a worker that has not reported the final state yet
     /// (an install, a certificate switch): not in force until it does.
     pending: HashMap<String, (String, u64)>,
+    /// kind → (target, version) a worker finished with without putting it in force (a release
+    /// rolled back): settled, so an equal version sent again is not acted on again.
+    finished_failed: HashMap<String, (String, u64)>,
     limiter: RateLimiter,
     /// Installer reports, thinned to what the platform needs.
     progress: kinds::app::Progress,
-    /// Side-loaded documents (the socket's `apply`), taken by `run`.
-    local: Option<mpsc::Receiver<LocalApply>>,
+    /// Requests from actions (a side-loaded document, a records reset), taken by `run`.
+    local: Option<mpsc::Receiver<Request>>,
+    /// The sending side of `local`, handed to the actions.
+    handle: ControlHandle,
     /// kind → when a document whose apply failed for a transient reason is tried again.
     retry_at: HashMap<String, tokio::time::Instant>,
     /// kind → transient failures in a row (sets the backoff).
     retry_n: HashMap<String, u32>,
 }
 
-/// A document handed in on the local socket (a USB stick in an air-gapped hall).
-struct LocalApply {
-    kind: String,
-    envelope: Vec<u8>,
-    reply: oneshot::Sender<Value>,
+/// What an action asks of the control loop, which alone owns the documents and the records.
+enum Request {
+    /// A document handed in on the local socket (a USB stick in an air-gapped hall).
+    Apply {
+        kind: String,
+        envelope: Vec<u8>,
+        reply: oneshot::Sender<Value>,
+    },
+    /// The signed `security_reset` command: the reply's message and result, or why not.
+    SecurityReset {
+        reply: oneshot::Sender<Result<(String, Value), String>>,
+    },
 }
 
 /// Puts side-loaded documents onto the one path of a downstream document.
 #[derive(Clone, Debug)]
 pub struct ControlHandle {
-    tx: mpsc::Sender<LocalApply>,
+    tx: mpsc::Sender<Request>,
 }
 
 impl ControlHandle {
@@ -137,13 +151,21 @@ impl ControlHandle {
     pub async fn apply(&self, kind: &str, envelope: Vec<u8>) -> Option<Value> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(LocalApply {
+            .send(Request::Apply {
                 kind: kind.to_string(),
                 envelope,
                 reply,
             })
             .await
             .ok()?;
+        rx.await.ok()
+    }
+
+    /// Trusts the anti-rollback floor as it stands (see `Control::security_reset`). `None`:
+    /// the agent is stopping.
+    pub async fn security_reset(&self) -> Option<Result<(String, Value), String>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Request::SecurityReset { reply }).await.ok()?;
         rx.await.ok()
     }
 }
@@ -227,7 +249,10 @@ impl Control {
         let proven = proven_versions(&docs, &reports);
         let (records, found) = Records::load(&d.store, &proven, d.clock.now().as_second());
         announce_records(&d.events, &records, &found);
+        let (tx, rx) = mpsc::channel(8);
         let mut c = Self {
+            local: Some(rx),
+            handle: ControlHandle { tx },
             records,
             docs,
             reports,
@@ -235,8 +260,8 @@ impl Control {
             kinds: Registry::standard(&d),
             applied: HashMap::new(),
             pending: HashMap::new(),
+            finished_failed: HashMap::new(),
             progress: Default::default(),
-            local: None,
             retry_at: HashMap::new(),
             retry_n: HashMap::new(),
             limiter,
@@ -248,11 +273,12 @@ impl Control {
         Ok(c)
     }
 
-    /// The handle the local socket's `apply` uses.
-    pub fn handle(&mut self) -> ControlHandle {
-        let (tx, rx) = mpsc::channel(8);
-        self.local = Some(rx);
-        ControlHandle { tx }
+    /// What the actions act through (the socket's ops and the remote commands alike).
+    pub fn parts(&self) -> crate::actions::Parts {
+        crate::actions::Parts {
+            d: self.d.clone(),
+            control: self.handle.clone(),
+        }
     }
 
     pub fn trust_version(&self) -> u64 {
@@ -329,10 +355,14 @@ impl Control {
             };
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                Some(a) = recv_opt(&mut local) => {
-                    let out = self.on_local_apply(&a.kind, &a.envelope);
-                    let _ = a.reply.send(out);
-                }
+                Some(r) = recv_opt(&mut local) => match r {
+                    Request::Apply { kind, envelope, reply } => {
+                        let _ = reply.send(self.on_local_apply(&kind, &envelope));
+                    }
+                    Request::SecurityReset { reply } => {
+                        let _ = reply.send(self.security_reset());
+                    }
+                },
                 _ = retry => self.retry_due(),
                 m = inbound.recv() => match m {
                     Some(mut m) => {
@@ -502,7 +532,7 @@ impl Control {
                         .is_some_and(|(t, v)| *t == target && *v == version)
                 };
                 // In force, or on its way there (an install running): nothing to do again.
-                if same(&self.applied) || same(&self.pending) {
+                if same(&self.applied) || same(&self.pending) || same(&self.finished_failed) {
                     return self.republish(kind);
                 }
                 if self
@@ -519,9 +549,7 @@ impl Control {
             }
         }
         // The one parse of the content: the typed document travels on from here.
-        let Some(found) = self.kinds.find(kind) else {
-            return None;
-        };
+        let found = self.kinds.find(kind)?;
         let envelope = if found.keeps_envelope() {
             payload.to_vec()
         } else {
@@ -714,6 +742,7 @@ impl Control {
                 self.retry_at.remove(kind);
                 self.retry_n.remove(kind);
                 let place = (target.to_string(), version);
+                self.finished_failed.remove(kind);
                 if done.status == Status::Applied {
                     self.pending.remove(kind);
                     self.applied.insert(kind.to_string(), place);
@@ -807,9 +836,12 @@ impl Control {
         if self.pending.get(kind).is_some_and(|(_, v)| *v == version) {
             self.pending.remove(kind);
         }
+        let place = (target.to_string(), version);
         if in_force {
-            self.applied
-                .insert(kind.to_string(), (target.to_string(), version));
+            self.finished_failed.remove(kind);
+            self.applied.insert(kind.to_string(), place);
+        } else {
+            self.finished_failed.insert(kind.to_string(), place);
         }
         self.refresh_inventory();
         let _ = self.report(kind, target, version, status, message, details);
@@ -974,56 +1006,54 @@ impl Control {
             return;
         }
         tracing::info!(id = %cmd.id, name = %cmd.name, "command");
-        if cmd.name == "security_reset" {
-            return self.security_reset(&cmd.id);
-        }
-        // Commands that can take long (a scan, an inspection, a unit restart, an upload) run
-        // beside the loop and reply when done, so the commands and documents behind them are
-        // answered. The id is already recorded above: at-most-once does not depend on the task.
-        let d = self.d.clone();
-        if let Some(work) = commands::background(&self.d, &cmd.name, &cmd.args) {
-            tokio::spawn(async move {
-                let r = work.await;
-                send_reply(&d, &cmd.id, r.status, r.code, &r.message, r.result);
-            });
-            return;
-        }
+        // Every command runs beside the loop and replies when done, so the commands and
+        // documents behind a long one (a scan, an upload) are answered. The id is already
+        // recorded above: at-most-once does not depend on the task.
+        let origin = crate::actions::Origin::Platform;
+        let action = match crate::actions::Name::parse(&cmd.name).filter(|n| n.remote()) {
+            Some(name) => crate::actions::Action::parse(name, &cmd.args, origin),
+            None => Err(crate::actions::ActionError::new(
+                crate::actions::Code::Unknown,
+                format!("unknown command {:?}", cmd.name),
+            )),
+        };
+        let parts = self.parts();
         tokio::spawn(async move {
-            let r = commands::execute(&d, &cmd.name, &cmd.args).await;
-            send_reply(&d, &cmd.id, r.status, r.code, &r.message, r.result);
+            let r = match action {
+                Ok(a) => a.run(parts.clone(), origin).await,
+                Err(e) => Err(e),
+            };
+            let (status, code, message, result) = crate::actions::reply_remote(r);
+            send_reply(&parts.d, &cmd.id, status, &code, &message, result);
         });
     }
 
     /// The operator's way out of the lost-records state: the signed command says the floor as
     /// it stands now (every version this terminal can still prove) is the one to trust.
-    fn security_reset(&mut self, id: &str) {
-        match self.records.reset(&self.d.store) {
-            Ok(was) => {
-                let since = was
-                    .as_ref()
-                    .map(|l| rfc3339(jiff::Timestamp::from_second(l.since).unwrap_or_default()));
-                let message = match &since {
-                    Some(s) => format!("security records marked lost since {s} are trusted again"),
-                    None => "security records were whole; nothing to reset".to_string(),
-                };
-                if was.is_some() {
-                    self.d.events.emit(
-                        Severity::Info,
-                        "security.records_reset",
-                        message.clone(),
-                        json!({"lost_since": since, "versions": self.records.versions.len()}),
-                    );
-                }
-                self.reply(
-                    id,
-                    "ok",
-                    "ok",
-                    &message,
-                    json!({"was_lost": was.is_some(), "lost_since": since}),
-                );
-            }
-            Err(e) => self.reply(id, "error", "state_error", &e.to_string(), json!({})),
+    fn security_reset(&mut self) -> Result<(String, Value), String> {
+        let was = self
+            .records
+            .reset(&self.d.store)
+            .map_err(|e| e.to_string())?;
+        let since = was
+            .as_ref()
+            .map(|l| rfc3339(jiff::Timestamp::from_second(l.since).unwrap_or_default()));
+        let message = match &since {
+            Some(s) => format!("security records marked lost since {s} are trusted again"),
+            None => "security records were whole; nothing to reset".to_string(),
+        };
+        if was.is_some() {
+            self.d.events.emit(
+                Severity::Info,
+                "security.records_reset",
+                message.clone(),
+                json!({"lost_since": since, "versions": self.records.versions.len()}),
+            );
         }
+        Ok((
+            message,
+            json!({"was_lost": was.is_some(), "lost_since": since}),
+        ))
     }
 
     fn reply(&self, id: &str, status: &str, code: &str, message: &str, result: Value) {
