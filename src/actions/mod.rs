@@ -763,3 +763,68 @@ impl crate::api::server::Handler for Parts {
         self.d.events.subscribe_local()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(name: Name, args: Value, origin: Origin) -> Result<Action, ActionError> {
+        Action::parse(name, args.as_object().unwrap(), origin)
+    }
+
+    const SOCKET: Origin = Origin::Socket { uid: 1000, conn: 7 };
+
+    #[test]
+    fn one_error_reads_as_each_side_expects() {
+        let e = parse(Name::Maintenance, json!({}), Origin::Platform).unwrap_err();
+        let (status, code, message, _) = reply_remote(Err(e));
+        assert_eq!(
+            (status, code.as_str(), message.as_str()),
+            ("error", "bad_args", "args.on (true|false) is required")
+        );
+        let e = parse(Name::Maintenance, json!({"op": "maintenance"}), SOCKET).unwrap_err();
+        assert_eq!(
+            reply_local(Err(e)),
+            json!({"ok": false, "error": {"code": "bad_request", "message": "on (true|false) is required"}})
+        );
+        let unknown = ActionError::new(Code::Unknown, "x");
+        assert_eq!(reply_remote(Err(unknown.clone())).1, "unknown_command");
+        assert_eq!(reply_local(Err(unknown))["error"]["code"], "unknown_op");
+    }
+
+    #[test]
+    fn arguments_are_typed_and_bounded() {
+        assert!(matches!(
+            parse(Name::Reboot, json!({"delay_s": 30}), Origin::Platform),
+            Ok(Action::Power {
+                action: PowerAction::Reboot,
+                delay_s: 30
+            })
+        ));
+        let e = parse(Name::Poweroff, json!({"delay_s": -1}), Origin::Platform).unwrap_err();
+        assert_eq!(e.code, Code::BadArgs);
+        // Every string of a command's arguments is bounded, whichever command it is.
+        let long = "x".repeat(crate::limits::ARG_CHARS + 1);
+        let e = parse(Name::LogsUpload, json!({"url": long}), Origin::Platform).unwrap_err();
+        assert_eq!(e.code, Code::Invalid);
+        assert!(e.message.starts_with("args.url"), "{}", e.message);
+        // The platform's inspection is published; a technician's only when asked.
+        assert!(matches!(
+            parse(Name::Inspect, json!({}), Origin::Platform),
+            Ok(Action::Inspect { publish: true })
+        ));
+        assert!(matches!(
+            parse(Name::Inspect, json!({"op": "inspect"}), SOCKET),
+            Ok(Action::Inspect { publish: false })
+        ));
+        let e = parse(Name::Inhibit, json!({"who": "  "}), SOCKET).unwrap_err();
+        assert_eq!(reply_local(Err(e))["error"]["code"], "bad_request");
+        let e = parse(
+            Name::Apply,
+            json!({"kind": "catalog", "envelope": {}, "x": 1}),
+            SOCKET,
+        )
+        .unwrap_err();
+        assert_eq!(e.message, "apply: unknown field \"x\"");
+    }
+}
