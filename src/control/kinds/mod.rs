@@ -312,3 +312,47 @@ impl Found<'_> {
         self.kind.restore(at)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A kind made for the test: a family whose documents are their own text.
+    struct Notes;
+
+    impl Capability for Notes {
+        type Doc = String;
+        const ROLE: Role = Role::Catalog;
+        fn parse(&self, _d: &Deps, _at: &At, payload: &[u8]) -> Result<String, String> {
+            String::from_utf8(payload.to_vec()).map_err(|e| e.to_string())
+        }
+        fn apply(
+            &mut self,
+            _d: &Deps,
+            _at: &At,
+            doc: &String,
+            _fresh: bool,
+        ) -> Result<Applied, ApplyError> {
+            Ok(Applied::new(Status::Applied, doc.clone(), Value::Null))
+        }
+    }
+
+    #[test]
+    fn kinds_are_found_by_name_and_families_by_a_valid_instance_name() {
+        let mut r = Registry::empty()
+            .with("schedule", schedule::Schedules)
+            .family("note", Notes);
+        assert_eq!(r.find("schedule").map(|f| f.role()), Some(Role::Schedule));
+        let f = r.find("note/lobby-1").expect("family instance");
+        assert_eq!((f.role(), f.name.as_str()), (Role::Catalog, "lobby-1"));
+        assert!(r.find("note/../etc").is_none());
+        assert!(r.find("note/").is_none());
+        assert!(r.find("note").is_none(), "a family is not a kind by itself");
+        assert!(r.find("firmware").is_none());
+        assert!(
+            r.find("trust").is_none(),
+            "trust is verification, not a capability"
+        );
+        assert_eq!(r.describe(), "trust, schedule or note/NAME");
+    }
+}
