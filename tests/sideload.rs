@@ -23,42 +23,15 @@ fn catalog(version: u64, target: &str, status: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-struct Setup {
-    broker: Broker,
-    platform: Platform,
-    term: Terminal,
-    cfg: PathBuf,
+fn setup(id: &str, extra: &str) -> Rig {
+    Rig::new(P, id, extra)
 }
 
-fn setup(id: &str, extra: &str) -> Setup {
-    let broker = Broker::start();
-    let platform = Platform::connect_session(
-        broker.port,
-        &format!("{P}/t/{id}/#"),
-        &format!("platform-{id}"),
-    );
-    let term = Terminal::new(id);
-    let cfg = term.config(&broker.url(), extra);
-    Setup {
-        broker,
-        platform,
-        term,
-        cfg,
-    }
-}
-
-impl Setup {
+impl Rig {
     fn start(&mut self) -> Agent {
         let a = Agent::start(&self.cfg);
-        let id = self.term.id.clone();
-        self.platform.wait_json("/state", move |v| {
-            v["status"] == "online" && v["terminal_id"] == id.as_str()
-        });
+        self.wait_online();
         a
-    }
-
-    fn me(&self) -> String {
-        format!("t/{}", self.term.id)
     }
 
     /// Writes an envelope to a file, as it would sit on a stick.
@@ -70,20 +43,8 @@ impl Setup {
     }
 
     fn kioskctl(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new(kioskctl_bin())
-            .arg("--socket")
-            .arg(self.term.socket())
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+        let (ok, out, err) = kioskctl(&self.term.socket(), args);
+        (ok, out + &err)
     }
 
     fn apply(&self, kind: &str, envelope: &[u8]) -> Value {

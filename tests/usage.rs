@@ -23,31 +23,11 @@ fn catalog(id: &str) -> Vec<u8> {
     .unwrap()
 }
 
-struct Setup {
-    broker: Broker,
-    platform: Platform,
-    term: Terminal,
-    cfg: std::path::PathBuf,
+fn setup(id: &str, extra: &str) -> Rig {
+    Rig::new(P, id, extra)
 }
 
-fn setup(id: &str, extra: &str) -> Setup {
-    let broker = Broker::start();
-    let platform = Platform::connect_session(
-        broker.port,
-        &format!("{P}/t/{id}/#"),
-        &format!("platform-{id}"),
-    );
-    let term = Terminal::new(id);
-    let cfg = term.config(&broker.url(), extra);
-    Setup {
-        broker,
-        platform,
-        term,
-        cfg,
-    }
-}
-
-impl Setup {
+impl Rig {
     fn start(&mut self, env: &[(&str, &str)]) -> Agent {
         let a = Agent::start_env(&self.cfg, env);
         wait_socket(&self.term.socket());
@@ -55,10 +35,7 @@ impl Setup {
     }
 
     fn online(&mut self) {
-        let id = self.term.id.clone();
-        self.platform.wait_json("/state", move |v| {
-            v["status"] == "online" && v["terminal_id"] == id.as_str()
-        });
+        self.wait_online();
     }
 
     fn apply_catalog(&mut self) {
@@ -93,18 +70,9 @@ impl Setup {
     }
 
     fn kioskctl(&self, args: &[&str]) -> String {
-        let out = std::process::Command::new(kioskctl_bin())
-            .arg("--socket")
-            .arg(self.term.socket())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).to_string()
+        let (ok, out, err) = kioskctl(&self.term.socket(), args);
+        assert!(ok, "{err}");
+        out
     }
 }
 

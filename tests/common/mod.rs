@@ -637,3 +637,61 @@ pub fn gid(name: &str) -> u32 {
         .gid
         .as_raw()
 }
+
+/// Runs kioskctl against `socket` as this process's user: whether it succeeded, its stdout
+/// and its stderr.
+pub fn kioskctl(socket: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(kioskctl_bin())
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// What most end-to-end tests start from: a broker, a platform client holding a persistent
+/// session on the terminal's subtree (so nothing published while it waits is missed), and the
+/// terminal's files with its configuration. Each test file adds its own steps in an `impl Rig`.
+pub struct Rig {
+    pub broker: Broker,
+    pub platform: Platform,
+    pub term: Terminal,
+    pub cfg: PathBuf,
+}
+
+impl Rig {
+    pub fn new(prefix: &str, id: &str, extra: &str) -> Self {
+        let broker = Broker::start();
+        let platform = Platform::connect_session(
+            broker.port,
+            &format!("{prefix}/t/{id}/#"),
+            &format!("platform-{id}"),
+        );
+        let term = Terminal::new(id);
+        let cfg = term.config(&broker.url(), extra);
+        Self {
+            broker,
+            platform,
+            term,
+            cfg,
+        }
+    }
+
+    /// Waits for this terminal's birth (`state` online).
+    pub fn wait_online(&mut self) {
+        let id = self.term.id.clone();
+        self.platform.wait_json("/state", move |v| {
+            v["status"] == "online" && v["terminal_id"] == id.as_str()
+        });
+    }
+
+    /// This terminal's own scope, `t/{id}`.
+    pub fn me(&self) -> String {
+        format!("t/{}", self.term.id)
+    }
+}
