@@ -14,6 +14,8 @@ use std::sync::OnceLock;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::reload;
 
+use crate::config::LogLevel;
+
 type ReloadHandle = reload::Handle<EnvFilter, tracing_subscriber::Registry>;
 static RELOAD: OnceLock<ReloadHandle> = OnceLock::new();
 
@@ -31,15 +33,16 @@ fn filter(level: &str) -> Option<EnvFilter> {
     EnvFilter::try_new(format!("{level},rumqttc=warn")).ok()
 }
 
-pub fn init(level: &str) {
+pub fn init(level: LogLevel) {
     init_as(level, "kiosk-agent");
 }
 
 /// As [`init`], under another syslog identifier (the privileged helper logs as itself).
-pub fn init_as(level: &str, identifier: &str) {
+pub fn init_as(level: LogLevel, identifier: &str) {
     use tracing_subscriber::prelude::*;
-    let (filter, handle) =
-        reload::Layer::new(filter(level).unwrap_or_else(|| EnvFilter::new("info,rumqttc=warn")));
+    let (filter, handle) = reload::Layer::new(
+        filter(level.as_str()).unwrap_or_else(|| EnvFilter::new("info,rumqttc=warn")),
+    );
     let _ = RELOAD.set(handle);
     let journald = if under_journald() {
         match tracing_journald::layer() {

@@ -80,7 +80,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     kiosk_agent::app::limit_arenas();
-    kiosk_agent::logging::init(&cfg.log.level);
+    kiosk_agent::logging::init(cfg.log.level);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

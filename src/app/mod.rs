@@ -124,7 +124,11 @@ pub async fn run(cfg: Config, clock: SharedClock) -> Result<(), AppError> {
     });
     let (cert_tx, cert_rx) = mpsc::unbounded_channel();
     let (renewal, certs) = crate::identity::Renewal::new(
-        cfg.clone(),
+        crate::identity::Settings {
+            terminal_id: cfg.terminal.id.clone(),
+            mqtt: cfg.mqtt.clone(),
+            state_dir: cfg.paths.state_dir.clone(),
+        },
         clock.clone(),
         store.clone(),
         publisher.clone(),
@@ -134,7 +138,7 @@ pub async fn run(cfg: Config, clock: SharedClock) -> Result<(), AppError> {
     );
     tracker.spawn(renewal.run(cancel.clone()));
 
-    let helper = crate::helper::Client::from_config(&cfg);
+    let helper = crate::helper::Client::from_section(&cfg.helper);
     if let Some(h) = &helper {
         tracing::info!(socket = %h.socket().display(), "host actions go to the privileged helper");
     }
@@ -187,7 +191,12 @@ pub async fn run(cfg: Config, clock: SharedClock) -> Result<(), AppError> {
     let (update_tx, update_rx) = mpsc::unbounded_channel();
     let zone_power = power.clone();
     let (update_worker, updates) = UpdateWorker::new(
-        InstallerConfig::from_config(&cfg),
+        InstallerConfig::from_sections(
+            &cfg.updates,
+            &cfg.paths,
+            &cfg.commands.systemctl,
+            helper.clone(),
+        ),
         clock.clone(),
         Arc::new(move || {
             zone_power
@@ -237,7 +246,7 @@ pub async fn run(cfg: Config, clock: SharedClock) -> Result<(), AppError> {
         telemetry.clone(),
         events.clone(),
         cfg.power.clone(),
-        crate::helper::Client::from_config(&cfg),
+        helper.clone(),
         cancel.clone(),
     ));
 

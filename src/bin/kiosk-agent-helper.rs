@@ -79,7 +79,7 @@ fn call(cfg: &Config, socket: Option<PathBuf>) -> ExitCode {
 }
 
 fn serve(cfg: Config) -> ExitCode {
-    kiosk_agent::logging::init_as(&cfg.log.level, "kiosk-agent-helper");
+    kiosk_agent::logging::init_as(cfg.log.level, "kiosk-agent-helper");
     let daemon = match nix::unistd::User::from_name(&cfg.helper.daemon_user) {
         Ok(Some(u)) => u,
         Ok(None) => {

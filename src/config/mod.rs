@@ -1,13 +1,18 @@
 //! The agent's configuration: TOML in, validated `Config` out.
 //!
 //! Every section rejects unknown keys (a typo must not silently fall back to a default) and
-//! validation names the key at fault (`mqtt.url: scheme must be mqtt or mqtts`), because the
-//! person reading the error is a technician on site with a text editor. After `load` returns,
-//! the rest of the agent may rely on every invariant checked here.
+//! every error names the key at fault (`mqtt.url: scheme must be mqtt or mqtts`), because the
+//! person reading it is a technician on site with a text editor. Each section checks its own
+//! invariants ([`Section`]), so a part handed only its section may rely on them; the few rules
+//! that span sections live in [`Config::validate`]. Closed sets (probe kinds, severities, the
+//! log level) are enums: an unknown value is refused while parsing, with the allowed values.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+use crate::events::Severity;
 
 mod files;
 pub use files::check_files;
@@ -189,13 +194,13 @@ impl Default for Local {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Log {
-    pub level: String,
+    pub level: LogLevel,
 }
 
 impl Default for Log {
     fn default() -> Self {
         Self {
-            level: "info".into(),
+            level: LogLevel::Info,
         }
     }
 }
@@ -374,9 +379,10 @@ pub struct Ui {
 #[serde(deny_unknown_fields)]
 pub struct ProbeConfig {
     pub id: String,
-    pub kind: String,
-    #[serde(default = "default_severity")]
-    pub severity: String,
+    pub kind: ProbeKind,
+    /// The severity of its `probe.failed` event.
+    #[serde(default = "default_severity", deserialize_with = "severity")]
+    pub severity: Severity,
     pub vid_pid: Option<String>,
     pub path: Option<PathBuf>,
     pub addr: Option<String>,
@@ -387,12 +393,449 @@ pub struct ProbeConfig {
     pub timeout_ms: Option<u64>,
 }
 
-fn default_severity() -> String {
-    "major".into()
+fn default_severity() -> Severity {
+    Severity::Major
 }
 
-pub const PROBE_KINDS: &[&str] = &["usb", "path", "tcp", "unit", "exec", "ipp", "nut"];
-pub const SEVERITIES: &[&str] = &["critical", "major", "minor", "info"];
+/// The four severities by their canonical names only (event documents also accept the
+/// `low`/`medium`/`high` aliases; a configuration file is written by us and need not).
+fn severity<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Severity, D::Error> {
+    const NAMES: [Severity; 4] = [
+        Severity::Critical,
+        Severity::Major,
+        Severity::Minor,
+        Severity::Info,
+    ];
+    let s = String::deserialize(d)?;
+    NAMES.into_iter().find(|v| v.as_str() == s).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "unknown severity {s:?} (expected one of critical, major, minor, info)"
+        ))
+    })
+}
+
+/// An enum read from one of a fixed list of names; any other name is refused while parsing,
+/// the message listing the names (`unknown probe kind "laser" (expected one of usb, ...)`).
+macro_rules! closed_set {
+    ($(#[$meta:meta])* $name:ident, $what:literal, fold_case = $fold:literal,
+     { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant),+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$(Self::$variant),+];
+
+            /// The name as written in the file.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text),+
+                }
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                Self::ALL
+                    .iter()
+                    .copied()
+                    .find(|v| if $fold { v.as_str().eq_ignore_ascii_case(s) } else { v.as_str() == s })
+                    .ok_or_else(|| {
+                        let names: Vec<&str> = Self::ALL.iter().map(|v| v.as_str()).collect();
+                        format!(
+                            concat!("unknown ", $what, " {:?} (expected one of {})"),
+                            s,
+                            names.join(", ")
+                        )
+                    })
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                String::deserialize(d)?
+                    .parse()
+                    .map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+closed_set!(
+    /// What a probe checks (PROTOCOL §3, probes); each kind needs its own keys.
+    ProbeKind, "probe kind", fold_case = false, {
+        /// A USB `vid_pid` is present under `/sys/bus/usb/devices`.
+        Usb = "usb",
+        /// A `path` exists.
+        Path = "path",
+        /// `addr` (`host:port`) accepts a TCP connection.
+        Tcp = "tcp",
+        /// A systemd `unit` is active.
+        Unit = "unit",
+        /// `cmd` exits 0.
+        Exec = "exec",
+        /// An IPP printer at `url`, with its markers.
+        Ipp = "ipp",
+        /// A UPS (`ups = name@host[:port]`) through upsd.
+        Nut = "nut",
+    }
+);
+
+closed_set!(
+    /// `log.level`. Case is not significant (`INFO` has always been accepted).
+    LogLevel, "log level", fold_case = true, {
+        Error = "error",
+        Warn = "warn",
+        Info = "info",
+        Debug = "debug",
+        Trace = "trace",
+    }
+);
+
+impl ProbeKind {
+    /// The key this kind cannot do without.
+    pub fn required_key(self) -> &'static str {
+        match self {
+            Self::Usb => "vid_pid",
+            Self::Path => "path",
+            Self::Tcp => "addr",
+            Self::Unit => "unit",
+            Self::Exec => "cmd",
+            Self::Ipp => "url",
+            Self::Nut => "ups",
+        }
+    }
+}
+
+/// Where one section's problems go, each prefixed with the section's key so the message names
+/// the key exactly as written in the file (`health.interval_s: must be greater than 0`).
+pub struct Problems<'a> {
+    prefix: &'a str,
+    out: &'a mut Vec<String>,
+}
+
+impl<'a> Problems<'a> {
+    pub fn new(prefix: &'a str, out: &'a mut Vec<String>) -> Self {
+        Self { prefix, out }
+    }
+
+    /// A problem with `key`, relative to the section (`interval_s`, `groups[2]`).
+    pub fn at(&mut self, key: impl fmt::Display, message: impl fmt::Display) {
+        self.out.push(format!("{}.{key}: {message}", self.prefix));
+    }
+}
+
+/// A part of the file that checks its own invariants.
+pub trait Section {
+    fn validate(&self, p: &mut Problems<'_>);
+}
+
+const ID_PATTERN: &str = "must match [a-z0-9][a-z0-9-]{0,63}";
+
+impl Section for Terminal {
+    fn validate(&self, p: &mut Problems<'_>) {
+        if self.id.is_empty() {
+            p.at(
+                "id",
+                "missing (set the terminal id assigned at provisioning)",
+            );
+        } else if !valid_id(&self.id) {
+            p.at("id", format!("{:?} {ID_PATTERN}", self.id));
+        }
+        for (i, g) in self.groups.iter().enumerate() {
+            if !valid_id(g) {
+                p.at(format!("groups[{i}]"), format!("{g:?} {ID_PATTERN}"));
+            }
+        }
+    }
+}
+
+impl Section for Mqtt {
+    fn validate(&self, p: &mut Problems<'_>) {
+        if self.url.is_empty() {
+            p.at("url", "missing");
+        } else {
+            match parse_broker_url(&self.url) {
+                Ok(u) => {
+                    if !u.tls
+                        && (self.ca_file.is_some()
+                            || self.cert_file.is_some()
+                            || self.key_file.is_some())
+                    {
+                        p.at("url", "ca_file/cert_file/key_file need an mqtts:// url");
+                    }
+                }
+                Err(m) => p.at("url", m),
+            }
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            p.at("cert_file", "cert_file and key_file go together");
+        }
+        let t = &self.topic_prefix;
+        if t.is_empty()
+            || t.starts_with('/')
+            || t.ends_with('/')
+            || t.contains(['#', '+', '\0'])
+            || t.split('/').any(str::is_empty)
+        {
+            p.at(
+                "topic_prefix",
+                format!(
+                    "{t:?} must be non-empty, without MQTT wildcards (+ #), NUL, empty levels or leading/trailing /"
+                ),
+            );
+        }
+        if self.keep_alive_s < 5 {
+            p.at("keep_alive_s", "must be at least 5");
+        }
+        if self.reconnect_min_s == 0 {
+            p.at("reconnect_min_s", "must be greater than 0");
+        }
+        if self.reconnect_max_s < self.reconnect_min_s {
+            p.at("reconnect_max_s", "must be at least reconnect_min_s");
+        }
+        if self.renew_before_days > 3650 {
+            p.at("renew_before_days", "must be at most 3650");
+        }
+        if self.events_in_flight == 0 {
+            p.at("events_in_flight", "must be greater than 0");
+        }
+    }
+}
+
+impl Section for Paths {
+    fn validate(&self, p: &mut Problems<'_>) {
+        for (key, path) in [
+            ("state_dir", &self.state_dir),
+            ("socket", &self.socket),
+            ("trust_file", &self.trust_file),
+            ("apps_dir", &self.apps_dir),
+            ("root", &self.root),
+        ] {
+            if !path.is_absolute() {
+                p.at(key, "must be an absolute path");
+            }
+        }
+    }
+}
+
+impl Section for Health {
+    fn validate(&self, p: &mut Problems<'_>) {
+        if self.interval_s == 0 {
+            p.at("interval_s", "must be greater than 0");
+        }
+        if !(0.0..=100.0).contains(&self.disk_low_pct) {
+            p.at("disk_low_pct", "must be between 0 and 100");
+        }
+        if self.probe_timeout_ms == 0 {
+            p.at("probe_timeout_ms", "must be greater than 0");
+        }
+    }
+}
+
+impl Section for Events {
+    fn validate(&self, p: &mut Problems<'_>) {
+        if self.queue_max < 10 {
+            p.at("queue_max", "must be at least 10");
+        }
+    }
+}
+
+impl Section for Local {
+    fn validate(&self, p: &mut Problems<'_>) {
+        if self.read_group.is_empty() {
+            p.at("read_group", "must not be empty");
+        }
+        if self.admin_group.is_empty() {
+            p.at("admin_group", "must not be empty");
+        }
+        if self.max_connections == 0 {
+            p.at("max_connections", "must be greater than 0");
+        }
+        if self.idle_timeout_s == 0 {
+            p.at("idle_timeout_s", "must be greater than 0");
+        }
+    }
+}
+
+impl Section for Log {
+    /// `level` is an enum: a bad one is refused while parsing.
+    fn validate(&self, _: &mut Problems<'_>) {}
+}
+
+/// An argv whose program is named.
+fn names_program(cmd: &[String]) -> bool {
+    cmd.first().is_some_and(|p| !p.is_empty())
+}
+
+impl Section for Power {
+    fn validate(&self, p: &mut Problems<'_>) {
+        for (key, cmd) in [
+            ("poweroff_cmd", &self.poweroff_cmd),
+            ("reboot_cmd", &self.reboot_cmd),
+        ] {
+            if !names_program(cmd) {
+                p.at(key, "must name a program");
+            }
+        }
+        if self.wake_spread_minutes > 24 * 60 {
+            p.at("wake_spread_minutes", "at most 1440 (one day)");
+        }
+        if self.max_inhibit_minutes == 0 {
+            p.at("max_inhibit_minutes", "must be greater than 0");
+        }
+    }
+}
+
+impl Section for Security {
+    fn validate(&self, p: &mut Problems<'_>) {
+        if self.rejected_events_per_min == 0 {
+            p.at("rejected_events_per_min", "must be greater than 0");
+        }
+        if self.max_message_bytes < 1024 {
+            p.at("max_message_bytes", "must be at least 1024");
+        }
+    }
+}
+
+impl Section for Commands {
+    fn validate(&self, p: &mut Problems<'_>) {
+        if !names_program(&self.systemctl) {
+            p.at("systemctl", "must name a program");
+        }
+        for (i, u) in self.restart_units_allowed.iter().enumerate() {
+            if u.is_empty() || u.starts_with('-') || u.contains('/') {
+                p.at(
+                    format!("restart_units_allowed[{i}]"),
+                    format!("{u:?} is not a unit name"),
+                );
+            }
+        }
+    }
+}
+
+impl Section for Helper {
+    fn validate(&self, p: &mut Problems<'_>) {
+        for (i, u) in self.app_units_allowed.iter().enumerate() {
+            if !crate::policy::remediate::valid_unit_name(u) {
+                p.at(
+                    format!("app_units_allowed[{i}]"),
+                    format!("{u:?} is not a unit name"),
+                );
+            }
+        }
+        if self.socket.as_ref().is_some_and(|s| !s.is_absolute()) {
+            p.at("socket", "must be an absolute path");
+        }
+    }
+}
+
+impl Section for Updates {
+    fn validate(&self, p: &mut Problems<'_>) {
+        if self.download_idle_timeout_s == 0 {
+            p.at("download_idle_timeout_s", "must be greater than 0");
+        }
+        if self.download_retries > 16 {
+            p.at("download_retries", "must be at most 16");
+        }
+        if self.keep_releases == 0 {
+            p.at("keep_releases", "must be at least 1 (the release in force)");
+        }
+    }
+}
+
+impl Section for Policy {
+    fn validate(&self, p: &mut Problems<'_>) {
+        if self.interval_s == 0 {
+            p.at("interval_s", "must be greater than 0");
+        }
+        if self.check_timeout_s == 0 {
+            p.at("check_timeout_s", "must be greater than 0");
+        }
+        if self.scan_timeout_s < self.check_timeout_s {
+            p.at("scan_timeout_s", "must be at least check_timeout_s");
+        }
+    }
+}
+
+impl Section for Patrol {
+    fn validate(&self, p: &mut Problems<'_>) {
+        if let Some(at) = &self.at
+            && parse_hhmm(at).is_none()
+        {
+            p.at("at", format!("{at:?} must be HH:MM"));
+        }
+    }
+}
+
+impl Section for Ui {
+    /// Every value is meaningful (0: not watched).
+    fn validate(&self, _: &mut Problems<'_>) {}
+}
+
+impl Section for ProbeConfig {
+    /// One probe on its own; that ids are unique is checked over the list.
+    fn validate(&self, p: &mut Problems<'_>) {
+        if !valid_id(&self.id) {
+            p.at("id", format!("{:?} {ID_PATTERN}", self.id));
+        }
+        if self.timeout_ms == Some(0) {
+            p.at("timeout_ms", "must be greater than 0");
+        }
+        let key = self.kind.required_key();
+        let missing = format!("required for kind {:?}", self.kind.as_str());
+        match self.kind {
+            ProbeKind::Usb => match &self.vid_pid {
+                Some(v) if parse_vid_pid(v).is_some() => {}
+                Some(v) => p.at(key, format!("{v:?} must be 4 hex digits:4 hex digits")),
+                None => p.at(key, missing),
+            },
+            ProbeKind::Path => {
+                if !self.path.as_ref().is_some_and(|x| x.is_absolute()) {
+                    p.at(key, missing);
+                }
+            }
+            ProbeKind::Tcp => match &self.addr {
+                Some(a)
+                    if a.rsplit_once(':')
+                        .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok()) => {}
+                Some(a) => p.at(key, format!("{a:?} must be host:port")),
+                None => p.at(key, missing),
+            },
+            ProbeKind::Unit => {
+                if !self.unit.as_ref().is_some_and(|u| !u.is_empty()) {
+                    p.at(key, missing);
+                }
+            }
+            ProbeKind::Exec => {
+                if !self.cmd.as_deref().is_some_and(names_program) {
+                    p.at(key, missing);
+                }
+            }
+            ProbeKind::Ipp => match &self.url {
+                Some(u) if u.starts_with("http://") || u.starts_with("ipp://") => {}
+                Some(u) => p.at(key, format!("{u:?} must be http:// or ipp://")),
+                None => p.at(key, missing),
+            },
+            ProbeKind::Nut => match &self.ups {
+                Some(u)
+                    if u.split_once('@')
+                        .is_some_and(|(n, h)| !n.is_empty() && !h.is_empty()) => {}
+                Some(u) => p.at(key, format!("{u:?} must be name@host[:port]")),
+                None => p.at(key, missing),
+            },
+        }
+    }
+}
 
 /// `[a-z0-9][a-z0-9-]{0,63}`: terminal ids, group names, app names.
 pub fn valid_id(s: &str) -> bool {
@@ -483,7 +926,7 @@ impl Config {
     }
 
     pub fn from_toml(text: &str) -> Result<Self, LoadError> {
-        let mut cfg: Config = toml::from_str(text).map_err(|e| LoadError::Syntax(e.to_string()))?;
+        let mut cfg = parse(text).map_err(LoadError::Syntax)?;
         cfg.power.wake_spread_s =
             crate::fleet::wake_spread_s(&cfg.terminal.id, cfg.power.wake_spread_minutes);
         let errors = cfg.validate();
@@ -494,250 +937,68 @@ impl Config {
         }
     }
 
-    /// Every problem, each prefixed with the key at fault.
+    /// Every problem, each prefixed with the key at fault: each section's own, then the rules
+    /// that span entries.
     pub fn validate(&self) -> Vec<String> {
         let mut e = Vec::new();
-        if self.terminal.id.is_empty() {
-            e.push("terminal.id: missing (set the terminal id assigned at provisioning)".into());
-        } else if !valid_id(&self.terminal.id) {
-            e.push(format!(
-                "terminal.id: {:?} must match [a-z0-9][a-z0-9-]{{0,63}}",
-                self.terminal.id
-            ));
-        }
-        for (i, g) in self.terminal.groups.iter().enumerate() {
-            if !valid_id(g) {
-                e.push(format!(
-                    "terminal.groups[{i}]: {g:?} must match [a-z0-9][a-z0-9-]{{0,63}}"
-                ));
-            }
-        }
-        if self.mqtt.url.is_empty() {
-            e.push("mqtt.url: missing".into());
-        } else {
-            match parse_broker_url(&self.mqtt.url) {
-                Ok(u) => {
-                    if !u.tls
-                        && (self.mqtt.ca_file.is_some()
-                            || self.mqtt.cert_file.is_some()
-                            || self.mqtt.key_file.is_some())
-                    {
-                        e.push("mqtt.url: ca_file/cert_file/key_file need an mqtts:// url".into());
-                    }
-                }
-                Err(m) => e.push(format!("mqtt.url: {m}")),
-            }
-        }
-        if self.mqtt.cert_file.is_some() != self.mqtt.key_file.is_some() {
-            e.push("mqtt.cert_file: cert_file and key_file go together".into());
-        }
-        let p = &self.mqtt.topic_prefix;
-        if p.is_empty()
-            || p.starts_with('/')
-            || p.ends_with('/')
-            || p.contains(['#', '+', '\0'])
-            || p.split('/').any(str::is_empty)
-        {
-            e.push(format!(
-                "mqtt.topic_prefix: {p:?} must be non-empty, without MQTT wildcards (+ #), NUL, empty levels or leading/trailing /"
-            ));
-        }
-        if self.mqtt.keep_alive_s < 5 {
-            e.push("mqtt.keep_alive_s: must be at least 5".into());
-        }
-        if self.mqtt.reconnect_min_s == 0 {
-            e.push("mqtt.reconnect_min_s: must be greater than 0".into());
-        }
-        if self.mqtt.reconnect_max_s < self.mqtt.reconnect_min_s {
-            e.push("mqtt.reconnect_max_s: must be at least reconnect_min_s".into());
-        }
-        if self.mqtt.renew_before_days > 3650 {
-            e.push("mqtt.renew_before_days: must be at most 3650".into());
-        }
-        if self.mqtt.events_in_flight == 0 {
-            e.push("mqtt.events_in_flight: must be greater than 0".into());
-        }
-        for (key, path) in [
-            ("paths.state_dir", &self.paths.state_dir),
-            ("paths.socket", &self.paths.socket),
-            ("paths.trust_file", &self.paths.trust_file),
-            ("paths.apps_dir", &self.paths.apps_dir),
-            ("paths.root", &self.paths.root),
-        ] {
-            if !path.is_absolute() {
-                e.push(format!("{key}: must be an absolute path"));
-            }
-        }
-        if self.health.interval_s == 0 {
-            e.push("health.interval_s: must be greater than 0".into());
-        }
-        if !(0.0..=100.0).contains(&self.health.disk_low_pct) {
-            e.push("health.disk_low_pct: must be between 0 and 100".into());
-        }
-        if self.health.probe_timeout_ms == 0 {
-            e.push("health.probe_timeout_ms: must be greater than 0".into());
-        }
-        if self.events.queue_max < 10 {
-            e.push("events.queue_max: must be at least 10".into());
-        }
-        if self.local.read_group.is_empty() {
-            e.push("local.read_group: must not be empty".into());
-        }
-        if self.local.admin_group.is_empty() {
-            e.push("local.admin_group: must not be empty".into());
-        }
-        if self.local.max_connections == 0 {
-            e.push("local.max_connections: must be greater than 0".into());
-        }
-        if self.local.idle_timeout_s == 0 {
-            e.push("local.idle_timeout_s: must be greater than 0".into());
-        }
-        if self.log.level.parse::<tracing::Level>().is_err() {
-            e.push("log.level: must be one of error, warn, info, debug, trace".into());
-        }
-        for (key, cmd) in [
-            ("power.poweroff_cmd", &self.power.poweroff_cmd),
-            ("power.reboot_cmd", &self.power.reboot_cmd),
-            ("commands.systemctl", &self.commands.systemctl),
-        ] {
-            if cmd.is_empty() || cmd[0].is_empty() {
-                e.push(format!("{key}: must name a program"));
-            }
-        }
-        if self.power.wake_spread_minutes > 24 * 60 {
-            e.push("power.wake_spread_minutes: at most 1440 (one day)".into());
-        }
-        if self.power.max_inhibit_minutes == 0 {
-            e.push("power.max_inhibit_minutes: must be greater than 0".into());
-        }
-        if self.security.rejected_events_per_min == 0 {
-            e.push("security.rejected_events_per_min: must be greater than 0".into());
-        }
-        if self.security.max_message_bytes < 1024 {
-            e.push("security.max_message_bytes: must be at least 1024".into());
-        }
-        for (i, u) in self.helper.app_units_allowed.iter().enumerate() {
-            if !crate::policy::remediate::valid_unit_name(u) {
-                e.push(format!(
-                    "helper.app_units_allowed[{i}]: {u:?} is not a unit name"
-                ));
-            }
-        }
-        if self
-            .helper
-            .socket
-            .as_ref()
-            .is_some_and(|s| !s.is_absolute())
-        {
-            e.push("helper.socket: must be an absolute path".into());
-        }
-        for (i, u) in self.commands.restart_units_allowed.iter().enumerate() {
-            if u.is_empty() || u.starts_with('-') || u.contains('/') {
-                e.push(format!(
-                    "commands.restart_units_allowed[{i}]: {u:?} is not a unit name"
-                ));
-            }
-        }
-        if self.updates.download_idle_timeout_s == 0 {
-            e.push("updates.download_idle_timeout_s: must be greater than 0".into());
-        }
-        if self.updates.download_retries > 16 {
-            e.push("updates.download_retries: must be at most 16".into());
-        }
-        if self.updates.keep_releases == 0 {
-            e.push("updates.keep_releases: must be at least 1 (the release in force)".into());
-        }
-        if self.policy.interval_s == 0 {
-            e.push("policy.interval_s: must be greater than 0".into());
-        }
-        if self.policy.check_timeout_s == 0 {
-            e.push("policy.check_timeout_s: must be greater than 0".into());
-        }
-        if self.policy.scan_timeout_s < self.policy.check_timeout_s {
-            e.push("policy.scan_timeout_s: must be at least check_timeout_s".into());
-        }
-        if let Some(at) = &self.patrol.at
-            && parse_hhmm(at).is_none()
-        {
-            e.push(format!("patrol.at: {at:?} must be HH:MM"));
+        let sections: [(&str, &dyn Section); 15] = [
+            ("terminal", &self.terminal),
+            ("mqtt", &self.mqtt),
+            ("paths", &self.paths),
+            ("health", &self.health),
+            ("events", &self.events),
+            ("local", &self.local),
+            ("log", &self.log),
+            ("power", &self.power),
+            ("security", &self.security),
+            ("commands", &self.commands),
+            ("helper", &self.helper),
+            ("updates", &self.updates),
+            ("policy", &self.policy),
+            ("patrol", &self.patrol),
+            ("ui", &self.ui),
+        ];
+        for (key, section) in sections {
+            section.validate(&mut Problems::new(key, &mut e));
         }
         let mut seen = std::collections::HashSet::new();
-        for (i, pr) in self.probes.iter().enumerate() {
-            let k = format!("probes[{i}]");
-            if !valid_id(&pr.id) {
-                e.push(format!(
-                    "{k}.id: {:?} must match [a-z0-9][a-z0-9-]{{0,63}}",
-                    pr.id
-                ));
-            } else if !seen.insert(pr.id.clone()) {
-                e.push(format!("{k}.id: {:?} is used twice", pr.id));
-            }
-            if !SEVERITIES.contains(&pr.severity.as_str()) {
-                e.push(format!(
-                    "{k}.severity: {:?} must be one of critical, major, minor, info",
-                    pr.severity
-                ));
-            }
-            if pr.timeout_ms == Some(0) {
-                e.push(format!("{k}.timeout_ms: must be greater than 0"));
-            }
-            let need = |field: &str, present: bool, e: &mut Vec<String>| {
-                if !present {
-                    e.push(format!("{k}.{field}: required for kind {:?}", pr.kind));
-                }
-            };
-            match pr.kind.as_str() {
-                "usb" => match &pr.vid_pid {
-                    Some(v) if parse_vid_pid(v).is_some() => {}
-                    Some(v) => e.push(format!(
-                        "{k}.vid_pid: {v:?} must be 4 hex digits:4 hex digits"
-                    )),
-                    None => need("vid_pid", false, &mut e),
-                },
-                "path" => need(
-                    "path",
-                    pr.path.as_ref().is_some_and(|p| p.is_absolute()),
-                    &mut e,
-                ),
-                "tcp" => match &pr.addr {
-                    Some(a)
-                        if a.rsplit_once(':')
-                            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) => {}
-                    Some(a) => e.push(format!("{k}.addr: {a:?} must be host:port")),
-                    None => need("addr", false, &mut e),
-                },
-                "unit" => need(
-                    "unit",
-                    pr.unit.as_ref().is_some_and(|u| !u.is_empty()),
-                    &mut e,
-                ),
-                "exec" => need(
-                    "cmd",
-                    pr.cmd
-                        .as_ref()
-                        .is_some_and(|c| !c.is_empty() && !c[0].is_empty()),
-                    &mut e,
-                ),
-                "ipp" => match &pr.url {
-                    Some(u) if u.starts_with("http://") || u.starts_with("ipp://") => {}
-                    Some(u) => e.push(format!("{k}.url: {u:?} must be http:// or ipp://")),
-                    None => need("url", false, &mut e),
-                },
-                "nut" => match &pr.ups {
-                    Some(u)
-                        if u.split_once('@')
-                            .is_some_and(|(n, h)| !n.is_empty() && !h.is_empty()) => {}
-                    Some(u) => e.push(format!("{k}.ups: {u:?} must be name@host[:port]")),
-                    None => need("ups", false, &mut e),
-                },
-                other => e.push(format!(
-                    "{k}.kind: unknown probe kind {other:?} (expected one of {})",
-                    PROBE_KINDS.join(", ")
-                )),
+        for (i, probe) in self.probes.iter().enumerate() {
+            let key = format!("probes[{i}]");
+            probe.validate(&mut Problems::new(&key, &mut e));
+            // A probe's id names it in results and events: one probe per id.
+            if valid_id(&probe.id) && !seen.insert(probe.id.as_str()) {
+                e.push(format!("{key}.id: {:?} is used twice", probe.id));
             }
         }
         e
     }
+}
+
+/// Parses the file. A value of the wrong type, an unknown key or an unknown name in a closed
+/// set is reported with the full key path and the position
+/// (`probes[1].kind: unknown probe kind "laser" (expected one of usb, ...) at line 30, column 8`);
+/// toml alone would show the line but not which probe or section it belongs to.
+fn parse(text: &str) -> Result<Config, String> {
+    let de = toml::Deserializer::parse(text).map_err(|e| e.to_string())?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let at = inner
+            .span()
+            .map(|s| {
+                let before = text.get(..s.start).unwrap_or(text);
+                let line = before.matches('\n').count() + 1;
+                let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+                let column = before[line_start..].chars().count() + 1;
+                format!(" at line {line}, column {column}")
+            })
+            .unwrap_or_default();
+        if path == "." {
+            format!("{}{at}", inner.message())
+        } else {
+            format!("{path}: {}{at}", inner.message())
+        }
+    })
 }
 
 #[derive(Debug)]
@@ -817,9 +1078,117 @@ url = "mqtt://127.0.0.1:1883"
     }
 
     #[test]
+    fn closed_sets_are_refused_while_parsing_with_the_key_and_the_names() {
+        let probe = |extra: &str| {
+            format!(
+                "{MIN}\n[[probes]]\nid = \"x\"\nkind = \"unit\"\nunit = \"a.service\"\n[[probes]]\nid = \"y\"\n{extra}\n"
+            )
+        };
+        assert_eq!(
+            errors(&probe("kind = \"laser\"")),
+            [
+                "probes[1].kind: unknown probe kind \"laser\" (expected one of usb, path, tcp, unit, exec, ipp, nut) at line 14, column 8"
+            ]
+        );
+        // Event documents accept `high`; a configuration file only the canonical names.
+        assert_eq!(
+            errors(&probe(
+                "kind = \"tcp\"\naddr = \"h:1\"\nseverity = \"high\""
+            )),
+            [
+                "probes[1].severity: unknown severity \"high\" (expected one of critical, major, minor, info) at line 16, column 12"
+            ]
+        );
+        assert_eq!(
+            errors(&format!("{MIN}[log]\nlevel = \"loud\"\n")),
+            [
+                "log.level: unknown log level \"loud\" (expected one of error, warn, info, debug, trace) at line 8, column 9"
+            ]
+        );
+        // A kind in upper case is no kind; the log level never cared about case.
+        assert!(
+            errors(&probe("kind = \"USB\"\nvid_pid = \"0bda:5411\""))[0]
+                .starts_with("probes[1].kind: unknown probe kind \"USB\"")
+        );
+        let c = Config::from_toml(&format!("{MIN}[log]\nlevel = \"DEBUG\"\n")).unwrap();
+        assert_eq!(c.log.level, LogLevel::Debug);
+        let c = Config::from_toml(&probe(
+            "kind = \"nut\"\nups = \"ups@localhost\"\nseverity = \"critical\"",
+        ))
+        .unwrap();
+        assert_eq!(
+            (c.probes[0].kind, c.probes[0].severity),
+            (ProbeKind::Unit, Severity::Major)
+        );
+        assert_eq!(
+            (c.probes[1].kind, c.probes[1].severity),
+            (ProbeKind::Nut, Severity::Critical)
+        );
+        assert_eq!(Config::from_toml(MIN).unwrap().log.level, LogLevel::Info);
+    }
+
+    #[test]
+    fn a_section_checks_itself_under_its_own_key() {
+        let mut e = Vec::new();
+        let health = Health {
+            interval_s: 0,
+            disk_low_pct: 101.0,
+            ..Health::default()
+        };
+        health.validate(&mut Problems::new("health", &mut e));
+        assert_eq!(
+            e,
+            [
+                "health.interval_s: must be greater than 0",
+                "health.disk_low_pct: must be between 0 and 100"
+            ]
+        );
+        let mut e = Vec::new();
+        let policy = Policy {
+            check_timeout_s: 60,
+            scan_timeout_s: 30,
+            ..Policy::default()
+        };
+        policy.validate(&mut Problems::new("policy", &mut e));
+        assert_eq!(
+            e,
+            ["policy.scan_timeout_s: must be at least check_timeout_s"]
+        );
+        let mut e = Vec::new();
+        Health::default().validate(&mut Problems::new("health", &mut e));
+        Policy::default().validate(&mut Problems::new("policy", &mut e));
+        Power::default().validate(&mut Problems::new("power", &mut e));
+        assert!(e.is_empty(), "{e:?}");
+    }
+
+    #[test]
+    fn every_problem_of_every_section_is_reported_at_once() {
+        let text = format!(
+            "{MIN}[health]\ninterval_s = 0\n[power]\nreboot_cmd = []\n[commands]\nsystemctl = [\"\"]\n[policy]\ninterval_s = 0\n\
+             [[probes]]\nid = \"cam\"\nkind = \"usb\"\nvid_pid = \"0bda\"\n[[probes]]\nid = \"cam\"\nkind = \"exec\"\n"
+        );
+        assert_eq!(
+            errors(&text),
+            [
+                "health.interval_s: must be greater than 0",
+                "power.reboot_cmd: must name a program",
+                "commands.systemctl: must name a program",
+                "policy.interval_s: must be greater than 0",
+                "probes[0].vid_pid: \"0bda\" must be 4 hex digits:4 hex digits",
+                "probes[1].cmd: required for kind \"exec\"",
+                "probes[1].id: \"cam\" is used twice",
+            ]
+        );
+    }
+
+    #[test]
     fn unknown_key_is_refused() {
         let e = errors(&format!("{MIN}\n[health]\nintervall_s = 5\n"));
-        assert!(e.iter().any(|m| m.contains("intervall_s")), "{e:?}");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("health.intervall_s: unknown field `intervall_s`, expected one of"),
+            "{e:?}"
+        );
     }
 
     #[test]

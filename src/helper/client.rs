@@ -29,7 +29,12 @@ impl Client {
 
     /// The helper named by `helper.socket`, if any.
     pub fn from_config(cfg: &crate::config::Config) -> Option<Self> {
-        cfg.helper.socket.as_ref().map(Self::new)
+        Self::from_section(&cfg.helper)
+    }
+
+    /// As [`Client::from_config`], for a part handed only the `[helper]` section.
+    pub fn from_section(helper: &crate::config::Helper) -> Option<Self> {
+        helper.socket.as_ref().map(Self::new)
     }
 
     pub fn socket(&self) -> &Path {

@@ -11,7 +11,7 @@
 
 pub mod cert;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::Mqtt;
 use crate::events::{EventSink, Severity};
 use crate::host::{SharedClock, rfc3339};
 use crate::state::{StateStore, write_atomic};
@@ -97,9 +97,10 @@ enum Request {
     },
 }
 
-/// The pair in force: `identity/active.json` when both its files exist, else the config's.
-pub fn active_pair(cfg: &Config) -> (Option<PathBuf>, Option<PathBuf>) {
-    let path = cfg.paths.state_dir.join(ACTIVE);
+/// The pair in force: `identity/active.json` under `state_dir` when both its files exist, else
+/// the provisioned one of `[mqtt]`.
+pub fn active_pair(state_dir: &Path, mqtt: &Mqtt) -> (Option<PathBuf>, Option<PathBuf>) {
+    let path = state_dir.join(ACTIVE);
     if let Some(a) = std::fs::read(&path)
         .ok()
         .and_then(|b| serde_json::from_slice::<Active>(&b).ok())
@@ -107,7 +108,16 @@ pub fn active_pair(cfg: &Config) -> (Option<PathBuf>, Option<PathBuf>) {
     {
         return (Some(a.cert_file), Some(a.key_file));
     }
-    (cfg.mqtt.cert_file.clone(), cfg.mqtt.key_file.clone())
+    (mqtt.cert_file.clone(), mqtt.key_file.clone())
+}
+
+/// What renewal needs of the configuration: the CSR's subject, the `[mqtt]` section (the
+/// provisioned pair, the CA, `renew_before_days`) and `paths.state_dir`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub terminal_id: String,
+    pub mqtt: Mqtt,
+    pub state_dir: PathBuf,
 }
 
 /// Cheap handle for the control layer, the socket and commands.
@@ -177,7 +187,7 @@ impl IdentityHandle {
 
 /// The renewal worker: the only writer of `{state_dir}/identity/`.
 pub struct Renewal {
-    cfg: Arc<Config>,
+    cfg: Settings,
     clock: SharedClock,
     store: StateStore,
     publisher: Publisher,
@@ -195,7 +205,7 @@ pub struct Renewal {
 
 impl Renewal {
     pub fn new(
-        cfg: Arc<Config>,
+        cfg: Settings,
         clock: SharedClock,
         store: StateStore,
         publisher: Publisher,
@@ -270,7 +280,7 @@ impl Renewal {
     }
 
     fn current_info(&self) -> Option<CertInfo> {
-        let (cert, _) = active_pair(&self.cfg);
+        let (cert, _) = active_pair(&self.cfg.state_dir, &self.cfg.mqtt);
         let pem = std::fs::read(cert?).ok()?;
         cert::parse_leaf_pem(&pem).ok()
     }
@@ -436,7 +446,7 @@ impl Renewal {
         let pem =
             std::fs::read(dir.join(format!("{}.key", j.request_id))).map_err(|e| e.to_string())?;
         let der = cert::key_from_pem(&pem).map_err(|e| e.to_string())?;
-        let csr = cert::csr_pem(&der, &self.cfg.terminal.id).map_err(|e| e.to_string())?;
+        let csr = cert::csr_pem(&der, &self.cfg.terminal_id).map_err(|e| e.to_string())?;
         let current_not_after = current.map(|i| rfc3339(i.not_after));
         let msg =
             json!({"request_id": j.request_id, "csr": csr, "current_not_after": current_not_after});
@@ -497,12 +507,12 @@ impl Renewal {
         let target = j
             .target
             .clone()
-            .unwrap_or_else(|| format!("t/{}", self.cfg.terminal.id));
+            .unwrap_or_else(|| format!("t/{}", self.cfg.terminal_id));
         let info = std::fs::read(&cert_path)
             .ok()
             .and_then(|p| cert::parse_leaf_pem(&p).ok());
         let ca = self.cfg.mqtt.ca_file.as_deref();
-        let (old_cert, old_key) = active_pair(&self.cfg);
+        let (old_cert, old_key) = active_pair(&self.cfg.state_dir, &self.cfg.mqtt);
         let configs = tls::client_config(ca, Some(&cert_path), Some(&key_path)).and_then(|new| {
             tls::client_config(ca, old_cert.as_deref(), old_key.as_deref()).map(|old| (new, old))
         });

@@ -300,10 +300,10 @@ impl Telemetry {
             .map(|(r, p)| {
                 r.unwrap_or_else(|| ProbeResult {
                     id: p.cfg.id.clone(),
-                    kind: p.cfg.kind.clone(),
+                    kind: p.cfg.kind.as_str().into(),
                     ok: false,
                     detail: "probe task failed".into(),
-                    severity: p.cfg.severity.clone(),
+                    severity: p.cfg.severity.as_str().into(),
                     level: None,
                     details: Value::Null,
                     reading_level: None,

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::grade::{DeviceReading, Grade};
-use crate::config::{ProbeConfig, parse_vid_pid};
+use crate::config::{ProbeConfig, ProbeKind, parse_vid_pid};
 use crate::host::HostPaths;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -71,10 +71,10 @@ impl Probe {
         };
         ProbeResult {
             id: self.cfg.id.clone(),
-            kind: self.cfg.kind.clone(),
+            kind: self.cfg.kind.as_str().into(),
             ok: reading.ok,
             detail: reading.detail,
-            severity: self.cfg.severity.clone(),
+            severity: self.cfg.severity.as_str().into(),
             level: None,
             details: reading.details,
             reading_level: reading.level,
@@ -85,9 +85,13 @@ impl Probe {
 
     async fn read(&self, env: &ProbeEnv) -> DeviceReading {
         let c = &self.cfg;
-        match c.kind.as_str() {
-            "ipp" => super::ipp::probe_ipp(c.url.as_deref().unwrap_or(""), self.timeout).await,
-            "nut" => super::nut::probe_nut(c.ups.as_deref().unwrap_or(""), self.timeout).await,
+        match c.kind {
+            ProbeKind::Ipp => {
+                super::ipp::probe_ipp(c.url.as_deref().unwrap_or(""), self.timeout).await
+            }
+            ProbeKind::Nut => {
+                super::nut::probe_nut(c.ups.as_deref().unwrap_or(""), self.timeout).await
+            }
             _ => {
                 let (ok, detail) = self.check(env).await;
                 plain(ok, detail)
@@ -97,15 +101,15 @@ impl Probe {
 
     async fn check(&self, env: &ProbeEnv) -> (bool, String) {
         let c = &self.cfg;
-        match c.kind.as_str() {
-            "usb" => {
+        match c.kind {
+            ProbeKind::Usb => {
                 let Some((vid, pid)) = c.vid_pid.as_deref().and_then(parse_vid_pid) else {
                     return (false, "vid_pid missing".into());
                 };
                 let dir = env.host.resolve("/sys/bus/usb/devices");
                 blocking(move || usb_present(dir, vid, pid)).await
             }
-            "path" => {
+            ProbeKind::Path => {
                 let Some(p) = &c.path else {
                     return (false, "path missing".into());
                 };
@@ -117,14 +121,14 @@ impl Probe {
                 })
                 .await
             }
-            "tcp" => {
+            ProbeKind::Tcp => {
                 let addr = c.addr.clone().unwrap_or_default();
                 match tokio::net::TcpStream::connect(&addr).await {
                     Ok(_) => (true, format!("{addr} accepts connections")),
                     Err(e) => (false, format!("{addr}: {e}")),
                 }
             }
-            "unit" => {
+            ProbeKind::Unit => {
                 let unit = c.unit.clone().unwrap_or_default();
                 let mut argv = env.systemctl.clone();
                 argv.extend(["is-active".to_string(), "--quiet".to_string(), unit.clone()]);
@@ -134,7 +138,7 @@ impl Probe {
                     Err(e) => (false, format!("cannot ask systemd about {unit}: {e}")),
                 }
             }
-            "exec" => {
+            ProbeKind::Exec => {
                 let argv = c.cmd.clone().unwrap_or_default();
                 match run_cmd(&argv, self.timeout).await {
                     Ok((0, line)) => (true, line),
@@ -149,9 +153,9 @@ impl Probe {
                     ),
                 }
             }
-            other => (
+            kind @ (ProbeKind::Ipp | ProbeKind::Nut) => (
                 false,
-                format!("probe kind {other} is not supported by this agent version"),
+                format!("probe kind {kind} is read as a device, not checked"),
             ),
         }
     }
@@ -212,8 +216,8 @@ mod tests {
     fn probe(kind: &str, f: impl FnOnce(&mut ProbeConfig)) -> Probe {
         let mut cfg = ProbeConfig {
             id: "p".into(),
-            kind: kind.into(),
-            severity: "major".into(),
+            kind: kind.parse().unwrap(),
+            severity: crate::events::Severity::Major,
             vid_pid: None,
             path: None,
             addr: None,

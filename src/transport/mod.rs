@@ -345,7 +345,7 @@ impl Transport {
         }
         if url.tls {
             // A renewed pair in force (identity/active.json) replaces the provisioned one.
-            let (cert, key) = crate::identity::active_pair(cfg);
+            let (cert, key) = crate::identity::active_pair(&cfg.paths.state_dir, &cfg.mqtt);
             let tls_config =
                 tls::client_config(cfg.mqtt.ca_file.as_deref(), cert.as_deref(), key.as_deref())?;
             opts.set_transport(rustls_transport(tls_config));

@@ -55,17 +55,24 @@ pub struct InstallerConfig {
 }
 
 impl InstallerConfig {
-    pub fn from_config(cfg: &crate::config::Config) -> Self {
+    /// From the `[updates]` section, where the apps and the state live (`[paths]`), how
+    /// systemd is invoked (`commands.systemctl`) and the privileged helper, if any.
+    pub fn from_sections(
+        updates: &crate::config::Updates,
+        paths: &crate::config::Paths,
+        systemctl: &[String],
+        helper: Option<crate::helper::Client>,
+    ) -> Self {
         Self {
-            apps_dir: cfg.paths.apps_dir.clone(),
-            state_dir: cfg.paths.state_dir.clone(),
-            fetch: FetchOptions::from_config(&cfg.updates),
-            keep_releases: cfg.updates.keep_releases,
-            max_unpacked_bytes: cfg.updates.max_unpacked_bytes,
-            systemctl: cfg.commands.systemctl.clone(),
+            apps_dir: paths.apps_dir.clone(),
+            state_dir: paths.state_dir.clone(),
+            fetch: FetchOptions::from_config(updates),
+            keep_releases: updates.keep_releases,
+            max_unpacked_bytes: updates.max_unpacked_bytes,
+            systemctl: systemctl.to_vec(),
             command_timeout: Duration::from_secs(120),
             health_retry_interval: Duration::from_secs(2),
-            helper: crate::helper::Client::from_config(cfg),
+            helper,
         }
     }
 }
