@@ -176,7 +176,7 @@ fn dependency_log_records_reach_the_journal() {
     let _j = journald();
     // SAFETY: set before any thread of this test binary reads the environment for logging.
     unsafe { std::env::set_var("JOURNAL_STREAM", "8:12345") };
-    kiosk_agent::logging::init("info");
+    kiosk_agent::logging::init(kiosk_agent::config::LogLevel::Info);
     let marker = format!("bridged record {}", std::process::id());
     log::warn!(target: "ureq::unit", "{marker}");
     tracing::info!(code = "test.marker", "{marker} via tracing");

@@ -9,7 +9,7 @@ fn stderr_text_bridges_log_records_and_honours_the_filter() {
     // SAFETY: this test binary has one test and no other thread reads the environment.
     unsafe { std::env::remove_var("JOURNAL_STREAM") };
     nix::unistd::dup2_stderr(&file).unwrap();
-    kiosk_agent::logging::init("info");
+    kiosk_agent::logging::init(kiosk_agent::config::LogLevel::Info);
     log::warn!(target: "ureq::unit", "dependency says hello");
     log::debug!(target: "ureq::unit", "dependency debug hidden");
     tracing::warn!(code = "test.code", "agent says hello");

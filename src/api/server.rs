@@ -105,6 +105,18 @@ impl Throttled {
 }
 
 impl Server {
+    /// Binds `path` with the `[local]` section: who may connect and the connection limits.
+    pub fn bind_local(path: &Path, local: &crate::config::Local) -> Result<Self, ServerError> {
+        let groups = Groups {
+            read: local.read_group.clone(),
+            admin: local.admin_group.clone(),
+        };
+        Ok(Self::bind(path, groups)?.with_limits(
+            local.max_connections,
+            Duration::from_secs(local.idle_timeout_s),
+        ))
+    }
+
     /// Binds the socket (replacing a stale one), mode 0660, group = the read group when it exists.
     pub fn bind(path: &Path, groups: Groups) -> Result<Self, ServerError> {
         if let Some(dir) = path.parent() {

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api::server::{Groups, Server, ServerError};
+use crate::api::server::{Server, ServerError};
 use crate::config::Config;
 use crate::control::{Control, ControlError, Deps};
 use crate::events::{EventSink, EventsError, Outbox, Severity};
@@ -83,17 +83,7 @@ pub async fn run(cfg: Config, clock: SharedClock) -> Result<(), AppError> {
         clock.clone(),
     ));
     telemetry.set_ui(ui.clone());
-    let server = Server::bind(
-        &cfg.paths.socket,
-        Groups {
-            read: cfg.local.read_group.clone(),
-            admin: cfg.local.admin_group.clone(),
-        },
-    )?
-    .with_limits(
-        cfg.local.max_connections,
-        Duration::from_secs(cfg.local.idle_timeout_s),
-    );
+    let server = Server::bind_local(&cfg.paths.socket, &cfg.local)?;
 
     if recovery.corrupt_lines > 0 || recovery.meta_reset {
         events.emit(

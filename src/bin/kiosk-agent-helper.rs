@@ -105,7 +105,7 @@ fn serve(cfg: Config) -> ExitCode {
     let idle_exit = (activated && cfg.helper.idle_exit_s > 0)
         .then(|| std::time::Duration::from_secs(cfg.helper.idle_exit_s));
     let clock = Arc::new(SystemClock::from_env());
-    let helper = Arc::new(Helper::new(cfg, daemon.uid.as_raw(), clock));
+    let helper = Arc::new(Helper::new(cfg.into(), daemon.uid.as_raw(), clock));
     tracing::info!(daemon_uid = daemon.uid.as_raw(), "kiosk-agent-helper ready");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     match helper.serve(&listener, idle_exit) {

@@ -812,7 +812,7 @@ impl Section for ProbeConfig {
                 None => p.at(key, missing),
             },
             ProbeKind::Unit => {
-                if !self.unit.as_ref().is_some_and(|u| !u.is_empty()) {
+                if self.unit.as_ref().is_none_or(|u| u.is_empty()) {
                     p.at(key, missing);
                 }
             }

@@ -13,7 +13,7 @@ use jiff::Timestamp;
 use serde_json::{Value, json};
 
 use super::proto::{MAX_REQUEST_BYTES, PowerAction, Reply, Request, codes};
-use crate::config::Config;
+use crate::config::{self, Config};
 use crate::host::{HostPaths, SharedClock};
 use crate::policy::remediate::{FsRemediator, RemediateError, valid_unit_name};
 use crate::policy::{CheckStatus, Ctx, SystemRunner};
@@ -24,10 +24,37 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 /// A peer that connects and then stalls cannot hold the helper longer than this.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The helper's state: its root-owned configuration, read once at start.
+/// The sections of the root-owned configuration the helper acts on, read once at start: whom
+/// documents are for (`[terminal]`), where the host and the trust root are (`[paths]`), what
+/// it may run (`[power]`, `[commands]`, `[helper]`) and how large a document may be
+/// (`[security]`). The rest of the file is the daemon's.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub terminal: config::Terminal,
+    pub paths: config::Paths,
+    pub power: config::Power,
+    pub commands: config::Commands,
+    pub helper: config::Helper,
+    pub security: config::Security,
+}
+
+impl From<Config> for Settings {
+    fn from(c: Config) -> Self {
+        Self {
+            terminal: c.terminal,
+            paths: c.paths,
+            power: c.power,
+            commands: c.commands,
+            helper: c.helper,
+            security: c.security,
+        }
+    }
+}
+
+/// The helper's state: its settings and the host it acts on.
 #[derive(Debug)]
 pub struct Helper {
-    cfg: Config,
+    cfg: Settings,
     host: HostPaths,
     daemon_uid: u32,
     clock: SharedClock,
@@ -35,7 +62,7 @@ pub struct Helper {
 
 impl Helper {
     /// `daemon_uid` is the only peer served (the uid of `helper.daemon_user`).
-    pub fn new(cfg: Config, daemon_uid: u32, clock: SharedClock) -> Self {
+    pub fn new(cfg: Settings, daemon_uid: u32, clock: SharedClock) -> Self {
         let host = HostPaths::new(&cfg.paths.root);
         Self {
             cfg,
