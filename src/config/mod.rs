@@ -397,8 +397,8 @@ fn default_severity() -> Severity {
     Severity::Major
 }
 
-/// The four severities by their canonical names only (event documents also accept the
-/// `low`/`medium`/`high` aliases; a configuration file is written by us and need not).
+/// The four severities by their canonical names only: event documents also accept the
+/// `low`/`medium`/`high` aliases, but a configuration file holds what its example documents.
 fn severity<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Severity, D::Error> {
     const NAMES: [Severity; 4] = [
         Severity::Critical,
@@ -442,7 +442,13 @@ macro_rules! closed_set {
                 Self::ALL
                     .iter()
                     .copied()
-                    .find(|v| if $fold { v.as_str().eq_ignore_ascii_case(s) } else { v.as_str() == s })
+                    .find(|v| {
+                        if $fold {
+                            v.as_str().eq_ignore_ascii_case(s)
+                        } else {
+                            v.as_str() == s
+                        }
+                    })
                     .ok_or_else(|| {
                         let names: Vec<&str> = Self::ALL.iter().map(|v| v.as_str()).collect();
                         format!(
@@ -985,6 +991,8 @@ fn parse(text: &str) -> Result<Config, String> {
         let inner = e.into_inner();
         let at = inner
             .span()
+            // A span over the whole document (a missing section) says nothing.
+            .filter(|s| s.start > 0 || path != ".")
             .map(|s| {
                 let before = text.get(..s.start).unwrap_or(text);
                 let line = before.matches('\n').count() + 1;
@@ -1125,6 +1133,26 @@ url = "mqtt://127.0.0.1:1883"
             (ProbeKind::Nut, Severity::Critical)
         );
         assert_eq!(Config::from_toml(MIN).unwrap().log.level, LogLevel::Info);
+    }
+
+    #[test]
+    fn parse_errors_name_the_full_key_and_the_line() {
+        // Bad TOML itself keeps toml's own report, which shows the line.
+        let e = errors(&format!("{MIN}[mqtt]\n"));
+        assert!(
+            e.len() == 1
+                && e[0].starts_with("TOML parse error at line 7, column 2\n")
+                && e[0].contains("7 | [mqtt]")
+                && e[0].contains("duplicate key"),
+            "{e:?}"
+        );
+        assert_eq!(errors("[terminal]\nid = \"a\"\n"), ["missing field `mqtt`"]);
+        assert_eq!(
+            errors(&format!("{MIN}[mqtt.x]\n")),
+            [
+                "mqtt.x: unknown field `x`, expected one of `url`, `topic_prefix`, `ca_file`, `cert_file`, `key_file`, `username`, `password_file`, `keep_alive_s`, `reconnect_min_s`, `reconnect_max_s`, `events_in_flight`, `renew_before_days` at line 7, column 7"
+            ]
+        );
     }
 
     #[test]
