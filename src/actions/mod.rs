@@ -62,7 +62,7 @@ pub enum Action {
     RestartUnit { unit: String },
     Maintenance { on: bool, reason: String },
     StatsFlush,
-    SetLogLevel { level: String },
+    SetLogLevel { level: crate::config::LogLevel },
     CertRenew,
     LogsUpload { args: Map<String, Value> },
     SecurityReset,
@@ -231,8 +231,14 @@ impl Action {
                 }
             }
             Name::StatsFlush => Action::StatsFlush,
-            Name::SetLogLevel => Action::SetLogLevel {
-                level: text("level").to_string(),
+            Name::SetLogLevel => match text("level").parse() {
+                Ok(level) => Action::SetLogLevel { level },
+                Err(_) => {
+                    return err(
+                        Code::BadArgs,
+                        "args.level must be one of error, warn, info, debug, trace",
+                    );
+                }
             },
             Name::CertRenew => Action::CertRenew,
             Name::LogsUpload => Action::LogsUpload { args: args.clone() },
@@ -382,12 +388,13 @@ impl Action {
                 Err(e) => err(Code::StateError, e.to_string()),
             },
             Action::SetLogLevel { level } => {
-                if crate::logging::set_level(&level) {
+                let level = level.as_str();
+                if crate::logging::set_level(level) {
                     done(format!("log level {level}"), json!({"level": level}))
                 } else {
                     err(
-                        Code::BadArgs,
-                        "args.level must be one of error, warn, info, debug, trace",
+                        Code::StateError,
+                        "logging cannot be reconfigured in this process",
                     )
                 }
             }
