@@ -214,7 +214,8 @@ pub async fn run(cfg: Config, clock: SharedClock) -> Result<(), AppError> {
         }),
         events.clone(),
     )?;
-    let transport = transport.with_stats(usage.outbox());
+    let stats = usage.outbox();
+    let transport = transport.with_stats(stats.clone());
     tracker.spawn(usage.clone().run(cancel.clone()));
     tracker.spawn(ui.clone().run(cancel.clone()));
 
@@ -287,6 +288,9 @@ pub async fn run(cfg: Config, clock: SharedClock) -> Result<(), AppError> {
     {
         tracing::warn!("some tasks did not stop within {STOP_GRACE:?}");
     }
+    // Whatever was raised while stopping is on disk before the process ends.
+    events.flush().await;
+    stats.flush().await;
     let _ = std::fs::remove_file(&cfg.paths.socket);
     tracing::info!(pending_events = events.pending(), "stopped");
     Ok(())

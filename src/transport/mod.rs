@@ -8,15 +8,16 @@
 //! messages to a channel without ever waiting on the application and acknowledges a QoS 1
 //! message only once the application took it in (a full channel is backpressure, never loss),
 //! queues every publish that the client has no room for (retained topics coalesced to their
-//! latest value) and drains the durable event outbox in order, acknowledging each event only
-//! when the broker confirmed it. It never interprets a downstream message.
+//! latest value) and drains the durable outboxes (events, statistics) in order: it asks each
+//! outbox what to send and tells it which packet carries what and what the broker confirmed;
+//! the outbox keeps that bookkeeping. It never interprets a downstream message.
 
 mod outq;
 mod session;
 pub mod tls;
 pub mod topics;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,7 +28,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config};
-use crate::events::EventSink;
+use crate::events::{EventSink, Outbox, Record};
 use outq::{Item, Kind, OutQueue};
 use session::SessionState;
 pub use topics::{Downstream, Scope, Topics};
@@ -259,7 +260,8 @@ pub struct Transport {
     publisher: Publisher,
     connected_tx: watch::Sender<bool>,
     inbound: mpsc::Sender<Inbound>,
-    events: EventSink,
+    /// The events' outbox: it decides what to send and keeps the delivery bookkeeping.
+    events: Outbox<crate::events::Event>,
     birth: Value,
     offline: Value,
     will: Value,
@@ -274,9 +276,6 @@ pub struct Transport {
     tags: VecDeque<Tag>,
     /// pkid → tag for QoS 1 publishes the broker has not acknowledged yet.
     unacked: HashMap<u16, Tag>,
-    /// Event seqs queued and not yet acknowledged.
-    events_sent: BTreeSet<u64>,
-    delivered: BTreeSet<u64>,
     offline_acked: bool,
     /// Downstream messages received and not yet given to the application (its queue was full).
     held: VecDeque<Inbound>,
@@ -295,14 +294,8 @@ pub struct Transport {
     swaps: mpsc::Receiver<TlsSwap>,
     swaps_tx: mpsc::Sender<TlsSwap>,
     swapping: Option<TlsSwap>,
-    stats: Option<StatsPump>,
-}
-
-/// The usage-statistics outbox, drained beside the events' with the same rules.
-struct StatsPump {
-    outbox: crate::usage::StatsOutbox,
-    sent: BTreeSet<u64>,
-    delivered: BTreeSet<u64>,
+    /// The usage-statistics outbox, drained beside the events' with the same rules.
+    stats: Option<crate::usage::StatsOutbox>,
 }
 
 impl Transport {
@@ -377,7 +370,7 @@ impl Transport {
             publisher: publisher.clone(),
             connected_tx,
             inbound,
-            events,
+            events: events.outbox(),
             birth,
             offline,
             will,
@@ -391,8 +384,6 @@ impl Transport {
             events_in_flight: cfg.mqtt.events_in_flight,
             tags: VecDeque::new(),
             unacked: HashMap::new(),
-            events_sent: BTreeSet::new(),
-            delivered: BTreeSet::new(),
             offline_acked: false,
             held: VecDeque::new(),
             taken: HashMap::new(),
@@ -447,27 +438,24 @@ impl Transport {
 
     /// Also drains the usage-statistics outbox onto `stats` (QoS 1, in order, acknowledged).
     pub fn with_stats(mut self, outbox: crate::usage::StatsOutbox) -> Self {
-        self.stats = Some(StatsPump {
-            outbox,
-            sent: BTreeSet::new(),
-            delivered: BTreeSet::new(),
-        });
+        self.stats = Some(outbox);
         self
     }
 
-    fn stats_in_flight(&self) -> usize {
-        self.stats.as_ref().map_or(0, |s| s.sent.len())
+    /// Outbox records handed to the client and not yet acknowledged.
+    fn outbox_in_flight(&self) -> usize {
+        self.events.in_flight() + self.stats.as_ref().map_or(0, Outbox::in_flight)
     }
 
     /// Polls the connection until `cancel`, then says goodbye: offline/`shutdown` (retained),
     /// flushes queued events within a bounded time, disconnects.
     pub async fn run(mut self, cancel: CancellationToken) {
         let mut stop_deadline: Option<Instant> = None;
-        let wakeup = self.events.publish_wakeup.clone();
+        let wakeup = self.events.wakeup();
         let stats_wakeup = self
             .stats
             .as_ref()
-            .map(|s| s.outbox.wakeup.clone())
+            .map(Outbox::wakeup)
             .unwrap_or_default();
         let out_wake = self.publisher.wake.clone();
         let inbound = self.inbound.clone();
@@ -494,7 +482,7 @@ impl Transport {
                     stop_deadline = Some(Instant::now() + STOP_FLUSH);
                 }
                 _ = sleep_until_opt(stop_deadline) => {
-                    tracing::warn!(pending = self.events_sent.len(), "stop: broker did not confirm everything in time");
+                    tracing::warn!(pending = self.outbox_in_flight(), "stop: broker did not confirm everything in time");
                     break;
                 }
                 permit = inbound.reserve(), if holding => {
@@ -524,9 +512,7 @@ impl Transport {
                             }
                         }
                         self.on_event(event);
-                        if stop_deadline.is_some() && self.offline_acked && self.events_sent.is_empty()
-                            && self.stats_in_flight() == 0
-                        {
+                        if stop_deadline.is_some() && self.offline_acked && self.outbox_in_flight() == 0 {
                             break;
                         }
                     }
@@ -597,9 +583,9 @@ impl Transport {
                     }
                 }
             }
-            self.events_sent.clear();
-            if let Some(st) = &mut self.stats {
-                st.sent.clear();
+            self.events.session_lost();
+            if let Some(st) = &self.stats {
+                st.session_lost();
             }
             self.offline_acked = false;
             self.taken.clear();
@@ -662,15 +648,13 @@ impl Transport {
             Event::Incoming(Packet::Publish(p)) => self.on_publish(p),
             Event::Incoming(Packet::PubAck(ack)) => {
                 match self.unacked.remove(&ack.pkid) {
-                    Some(Tag::Event(seq)) => {
-                        self.events_sent.remove(&seq);
-                        self.events.ack(seq, &mut self.delivered);
+                    Some(Tag::Event(_)) => {
+                        self.events.acked(ack.pkid);
                         self.pump_events();
                     }
-                    Some(Tag::Stats(seq)) => {
-                        if let Some(s) = &mut self.stats {
-                            s.sent.remove(&seq);
-                            s.outbox.ack(seq, &mut s.delivered);
+                    Some(Tag::Stats(_)) => {
+                        if let Some(s) = &self.stats {
+                            s.acked(ack.pkid);
                         }
                         self.pump_stats();
                     }
@@ -691,6 +675,15 @@ impl Transport {
                 }
                 let tag = self.tags.pop_front().unwrap_or(Tag::Untracked);
                 if pkid != 0 {
+                    match &tag {
+                        Tag::Event(seq) => self.events.published(*seq, pkid),
+                        Tag::Stats(seq) => {
+                            if let Some(s) = &self.stats {
+                                s.published(*seq, pkid);
+                            }
+                        }
+                        _ => {}
+                    }
                     self.unacked.insert(pkid, tag);
                 }
                 self.feed();
@@ -799,75 +792,39 @@ impl Transport {
         self.pump_events();
     }
 
-    /// Queues the oldest unsent events, keeping at most `events_in_flight` unacknowledged.
+    /// Hands the client the oldest durable events not sent yet, keeping at most
+    /// `events_in_flight` unacknowledged.
     fn pump_events(&mut self) {
-        if !self.connected() {
-            return;
-        }
-        let room = self.events_in_flight.saturating_sub(self.events_sent.len());
-        if room == 0 {
-            return;
-        }
-        let head = self.events.unacked_head(self.events_sent.len() + room);
-        for ev in head {
-            if self.events_sent.contains(&ev.seq) {
-                continue;
-            }
-            let Ok(bytes) = serde_json::to_vec(&ev) else {
-                continue;
-            };
-            if self
-                .client
-                .try_publish(
-                    self.publisher.topics.events(),
-                    QoS::AtLeastOnce,
-                    false,
-                    bytes,
-                )
-                .is_err()
-            {
-                break;
-            }
-            self.tags.push_back(Tag::Event(ev.seq));
-            self.events_sent.insert(ev.seq);
+        let topic = self.publisher.topics.events();
+        let events = self.events.clone();
+        self.pump(&events, topic, Tag::Event);
+    }
+
+    /// The same for the usage-statistics periods.
+    fn pump_stats(&mut self) {
+        if let Some(stats) = self.stats.clone() {
+            let topic = self.publisher.topics.stats();
+            self.pump(&stats, topic, Tag::Stats);
         }
     }
-}
 
-impl Transport {
-    /// Queues the oldest unsent statistics periods, as `pump_events` does for events.
-    fn pump_stats(&mut self) {
+    fn pump<T: Record>(&mut self, outbox: &Outbox<T>, topic: String, tag: fn(u64) -> Tag) {
         if !self.connected() {
             return;
         }
-        let Some(stats) = &mut self.stats else {
-            return;
-        };
-        let room = self.events_in_flight.saturating_sub(stats.sent.len());
-        if room == 0 {
-            return;
-        }
-        for rec in stats.outbox.unacked_head(stats.sent.len() + room) {
-            if stats.sent.contains(&rec.seq) {
-                continue;
-            }
+        for rec in outbox.next_unsent(self.events_in_flight) {
             let Ok(bytes) = serde_json::to_vec(&rec) else {
                 continue;
             };
             if self
                 .client
-                .try_publish(
-                    self.publisher.topics.stats(),
-                    QoS::AtLeastOnce,
-                    false,
-                    bytes,
-                )
+                .try_publish(topic.clone(), QoS::AtLeastOnce, false, bytes)
                 .is_err()
             {
                 break;
             }
-            self.tags.push_back(Tag::Stats(rec.seq));
-            stats.sent.insert(rec.seq);
+            outbox.handed_over(rec.seq());
+            self.tags.push_back(tag(rec.seq()));
         }
     }
 }
@@ -922,6 +879,7 @@ fn random_u64() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     #[test]
     fn backoff_grows_caps_and_jitters() {

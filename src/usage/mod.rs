@@ -2,7 +2,7 @@
 //!
 //! Owns `{state_dir}/usage/current.json` (the open period and today's totals, rewritten
 //! atomically on every record, so a restart or a power cut loses nothing) and the statistics
-//! outbox `{state_dir}/stats/` (a second `events::Outbox` with its own `seq`, drained by the
+//! outbox `{state_dir}/stats/` (an `events::Outbox` of its own with its own `seq`, drained by the
 //! transport in order onto `P/t/{id}/stats` exactly like events, kept while offline). Periods
 //! are local hours of the schedule's time zone (UTC without a schedule).
 //!
@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::events::{EventSink, EventsError, Outbox, Record, Severity, SharedOutbox};
+use crate::events::{Dropped, EventSink, EventsError, Outbox, Record, Severity};
 use crate::host::{SharedClock, rfc3339};
 use crate::state::{StateError, write_atomic};
 pub use period::{Aggregate, Closed, Counts, ItemCounts, Outcome};
@@ -52,7 +52,7 @@ impl Record for StatsRecord {
     }
 }
 
-pub type StatsOutbox = SharedOutbox<StatsRecord>;
+pub type StatsOutbox = Outbox<StatsRecord>;
 
 /// The `usage` socket op, field for field. Nothing else is accepted.
 #[derive(Debug, Deserialize)]
@@ -185,7 +185,7 @@ impl Usage {
         };
         let u = Self {
             inner: Arc::new(Mutex::new(Inner { current })),
-            outbox: SharedOutbox::new(ob),
+            outbox: ob,
             dir: usage_dir.to_path_buf(),
             catalog,
             terminal_id: terminal_id.into(),
@@ -235,10 +235,13 @@ impl Usage {
                 "statistics seq out of step"
             );
         }
-        match ob.push(rec) {
-            Ok(None) => {}
-            Ok(Some((n, first, last))) => {
-                drop(ob);
+        if let Some(Dropped {
+            count: n,
+            first,
+            last,
+        }) = ob.push(rec)
+        {
+            drop(ob);
                 self.events.emit(
                     Severity::Major,
                     "stats.dropped",
@@ -246,11 +249,8 @@ impl Usage {
                         "statistics queue full: {n} oldest periods dropped (seq {first}..={last})"
                     ),
                     json!({"count": n, "first_seq": first, "last_seq": last}),
-                );
-            }
-            Err(e) => tracing::error!(error = %e, "cannot queue a closed statistics period"),
+            );
         }
-        self.outbox.wakeup.notify_one();
     }
 
     /// Closes `closed` durably: written to `current.json` as `closing` with the next seq, then
