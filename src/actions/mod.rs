@@ -314,7 +314,7 @@ impl Action {
                 json!({"pong": true, "agent_version": crate::VERSION}),
             ),
             Action::ReportNow => {
-                d.telemetry.report_now.notify_one();
+                d.telemetry.report_now();
                 done("health report requested", json!({}))
             }
             Action::Inspect { publish } => match d.patrol.run(publish).await {

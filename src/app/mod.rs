@@ -2,8 +2,6 @@
 //! cancellation token, talks to systemd (READY, WATCHDOG, STOPPING, STATUS) and stops cleanly
 //! on SIGTERM. No decision is made here.
 
-mod patrol;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -76,12 +74,7 @@ pub async fn run(cfg: Config, clock: SharedClock) -> Result<(), AppError> {
     let ui = crate::ui::UiWatch::new(cfg.ui.heartbeat_timeout_s, events.clone(), clock.clone())
         .muted_by(maintenance.clone());
     let tls_switch = transport.tls_switch();
-    let telemetry = Arc::new(Telemetry::new(
-        &cfg,
-        events.clone(),
-        maintenance.clone(),
-        clock.clone(),
-    ));
+    let mut telemetry = Telemetry::new(&cfg, events.clone(), maintenance.clone(), clock.clone());
     telemetry.set_ui(ui.clone());
     let server = Server::bind_local(&cfg.paths.socket, &cfg.local)?;
 
@@ -105,6 +98,7 @@ pub async fn run(cfg: Config, clock: SharedClock) -> Result<(), AppError> {
 
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let (telemetry, telemetry_task) = telemetry.start(Some(publisher.clone()), cancel.clone());
     let cfg = Arc::new(cfg);
     let host = HostPaths::new(&cfg.paths.root);
     let inventory =
@@ -220,7 +214,7 @@ pub async fn run(cfg: Config, clock: SharedClock) -> Result<(), AppError> {
     tracker.spawn(ui.clone().run(cancel.clone()));
 
     let (patrol, patrol_rx) = crate::patrol::PatrolHandle::channel();
-    let runner = patrol::PatrolRunner {
+    let runner = crate::patrol::PatrolRunner {
         store: crate::patrol::PatrolStore::open(store.path("patrol"))?,
         telemetry: telemetry.clone(),
         policy: policy.clone(),
@@ -233,10 +227,11 @@ pub async fn run(cfg: Config, clock: SharedClock) -> Result<(), AppError> {
         identity: certs.clone(),
     };
     tracker.spawn(runner.run(cancel.clone()));
-    tracker.spawn(low_battery(
+    tracker.spawn(crate::power::power_off_on_low_battery(
         telemetry.clone(),
         events.clone(),
         cfg.power.clone(),
+        host.clone(),
         helper.clone(),
         cancel.clone(),
     ));
@@ -262,7 +257,7 @@ pub async fn run(cfg: Config, clock: SharedClock) -> Result<(), AppError> {
     tracing::info!(trust_version = control.trust_version(), "trust root loaded");
     let ops = Arc::new(control.parts());
     tracker.spawn(transport.run(cancel.clone()));
-    tracker.spawn(telemetry.clone().run(publisher.clone(), cancel.clone()));
+    tracker.spawn(telemetry_task);
     tracker.spawn(server.run(ops.clone(), cancel.clone()));
     tracker.spawn(control.run(inbound_rx, update_rx, cert_rx, cancel.clone()));
     tracker.spawn(watchdog(cancel.clone()));
@@ -364,48 +359,6 @@ async fn watchdog(cancel: CancellationToken) {
             _ = cancel.cancelled() => break,
             _ = tick.tick() => notify(&[sd_notify::NotifyState::Watchdog]),
         }
-    }
-}
-
-/// A UPS on low battery: with `power.on_low_battery` the terminal is switched off cleanly, once,
-/// with the reason recorded, rather than dying mid-transaction when the battery runs out.
-async fn low_battery(
-    telemetry: Arc<Telemetry>,
-    events: EventSink,
-    power: crate::config::Power,
-    helper: Option<crate::helper::Client>,
-    cancel: CancellationToken,
-) {
-    tokio::select! {
-        _ = cancel.cancelled() => return,
-        _ = telemetry.low_battery.notified() => {}
-    }
-    if !power.on_low_battery {
-        tracing::warn!(
-            "UPS reports low battery; power.on_low_battery is off, so the terminal stays on"
-        );
-        return;
-    }
-    events.emit(
-        Severity::Critical,
-        "power.low_battery",
-        "UPS battery low: powering the terminal off cleanly",
-        json!({"reason": "ups_low_battery", "cmd": power.poweroff_cmd}),
-    );
-    if let Some(h) = helper {
-        match crate::actions::helper_power(h, "poweroff").await {
-            Ok(()) => tracing::info!("low-battery power-off started by the helper"),
-            Err(e) => tracing::error!(error = %e, "low-battery power-off failed"),
-        }
-        return;
-    }
-    match crate::process::run_async(power.poweroff_cmd.clone(), Duration::from_secs(60), 4096).await
-    {
-        Ok(f) if f.success => tracing::info!("low-battery power-off started"),
-        Ok(f) => {
-            tracing::error!(status = %f.status, stderr = %f.stderr.trim(), "low-battery power-off command failed")
-        }
-        Err(e) => tracing::error!(error = %e, "cannot run the low-battery power-off command"),
     }
 }
 

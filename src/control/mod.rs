@@ -27,7 +27,7 @@ use crate::maintenance::Maintenance;
 use crate::policy::worker::PolicyHandle;
 use crate::power::PowerHandle;
 use crate::state::StateStore;
-use crate::telemetry::Telemetry;
+use crate::telemetry::TelemetryHandle;
 use crate::transport::{Downstream, Inbound, Publisher, Scope, Topics};
 use crate::trust::{Role, TrustError, TrustStore, verify_document, verify_envelope};
 use crate::update::Status as UpdateStatus;
@@ -46,7 +46,7 @@ pub struct Deps {
     pub events: EventSink,
     pub publisher: Publisher,
     pub maintenance: Maintenance,
-    pub telemetry: Arc<Telemetry>,
+    pub telemetry: TelemetryHandle,
     pub power: PowerHandle,
     pub policy: PolicyHandle,
     pub updates: UpdateHandle,

@@ -489,7 +489,9 @@ impl<T: Record> Writer<T> {
                                 lines.extend_from_slice(&l);
                                 lines.push(b'\n');
                             }
-                            Err(e) => tracing::error!(error = %e, seq = r.seq(), "cannot encode a queued record"),
+                            Err(e) => {
+                                tracing::error!(error = %e, seq = r.seq(), "cannot encode a queued record")
+                            }
                         }
                         fresh.push(r);
                     }
@@ -665,9 +667,19 @@ mod tests {
         }
         ob.flush().await;
         assert_eq!(seqs(ob.next_unsent(10)), vec![1, 2]);
-        let heard: Vec<u64> = seen.lock().unwrap().iter().flat_map(|(s, _)| s.clone()).collect();
+        let heard: Vec<u64> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|(s, _)| s.clone())
+            .collect();
         assert_eq!(heard, vec![1, 2]);
-        assert!(seen.lock().unwrap().iter().all(|(s, n)| *n >= s.last().copied().unwrap_or(0) as usize));
+        assert!(
+            seen.lock()
+                .unwrap()
+                .iter()
+                .all(|(s, n)| *n >= s.last().copied().unwrap_or(0) as usize)
+        );
     }
 
     /// What `next_unsent` would answer, read through the producer's own guard.

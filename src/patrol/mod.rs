@@ -4,13 +4,15 @@
 //!
 //! Owns the report's shape and `seq`, when the next patrol is due (`next_patrol`, pure), the
 //! 30-day history under `{state_dir}/patrol/` and the technician's checklist in Chinese or
-//! English. It never runs probes, never reads the clock and never publishes: the daemon passes
-//! in probe results, compliance and schedule figures and the current instant, and decides where
-//! the report goes (retained on `patrol`, the local socket, a work order).
+//! English. The report itself (`build`, `next_patrol`) is pure: it is handed probe results,
+//! compliance and schedule figures and the current instant. The runner (`PatrolRunner`) is the
+//! task that gathers them from the running parts, on time and on request, and publishes the
+//! report retained on `patrol`; the socket and commands reach it through `PatrolHandle`.
 
 mod history;
 mod render;
 mod report;
+mod runner;
 mod schedule;
 
 pub use history::{PatrolStore, RETENTION_DAYS};
@@ -19,6 +21,7 @@ pub use report::{
     AgentSummary, Compliance, PatrolInputs, PatrolItem, PatrolReport, PatrolSummary,
     ScheduleSummary, build, cert_item, clock_item,
 };
+pub use runner::PatrolRunner;
 pub use schedule::{DEFAULT_AT, LEAD_BEFORE_ON_MINUTES, next_patrol};
 
 use std::path::PathBuf;

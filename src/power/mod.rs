@@ -12,6 +12,7 @@
 
 pub mod executor;
 pub mod holds;
+mod low_battery;
 pub mod schedule;
 
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use crate::host::{HostPaths, SharedClock, rfc3339};
 
 pub use executor::{CommandOutput, ExecError, HostActions, PowerActions};
 pub use holds::{HoldInfo, Holds};
+pub use low_battery::power_off_on_low_battery;
 pub use schedule::{DayWindow, OffAction, Schedule, ScheduleError, ScheduleSummary, WindowSource};
 
 use schedule::minus_minutes;

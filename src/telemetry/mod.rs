@@ -12,13 +12,12 @@ pub mod nut;
 pub mod probes;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use sysinfo::{Components, Disks, Networks, System};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -137,40 +136,127 @@ pub fn own_rss_bytes() -> u64 {
         .unwrap_or(0)
 }
 
+/// The probe and transition state, owned by the telemetry task alone ([`Telemetry::start`]):
+/// every probe run, every transition and so every `probe.*`/`disk.*`/`time.*` event is decided
+/// there, one run at a time. Everyone else holds a [`TelemetryHandle`].
 pub struct Telemetry {
     terminal_id: String,
     interval: Duration,
     disk_low_pct: f64,
     probes: Vec<Probe>,
     env: ProbeEnv,
-    sampler: Mutex<Sampler>,
-    seq: AtomicU64,
-    last: Mutex<Option<Value>>,
-    last_probes: Mutex<Vec<ProbeResult>>,
+    sampler: Sampler,
+    seq: u64,
     /// probe id → (ok, graded) at the last run.
-    probe_ok: Mutex<HashMap<String, (bool, bool)>>,
+    probe_ok: HashMap<String, (bool, bool)>,
     /// probe id → when its current fault was first seen (for escalation).
-    failing_since: Mutex<HashMap<String, jiff::Timestamp>>,
-    disk_low: Mutex<HashSet<String>>,
+    failing_since: HashMap<String, jiff::Timestamp>,
+    disk_low: HashSet<String>,
     events: EventSink,
     maintenance: Maintenance,
     clock: SharedClock,
-    /// Ask for a report outside the interval (`report_now`).
-    pub report_now: Notify,
-    /// Signalled when a UPS reports low battery (the daemon decides whether to power off).
-    pub low_battery: Notify,
+    /// Signalled when a UPS reports low battery (power decides whether to power off).
+    low_battery: Arc<Notify>,
     /// The kiosk screen's heartbeat, shown as one more item beside the probes.
-    ui: std::sync::OnceLock<crate::ui::UiWatch>,
+    ui: Option<crate::ui::UiWatch>,
     /// Clock discipline (§9): where it is read and since when it is lost.
-    time: Mutex<(
+    time: (
         Box<dyn crate::diagnostics::timesync::TimeSource>,
         crate::diagnostics::timesync::TimeWatch,
-    )>,
-    last_time: Mutex<Option<crate::diagnostics::timesync::TimeStatus>>,
+    ),
+    /// What the handles read without asking the task.
+    view: watch::Sender<View>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+/// The latest results, published by the task after each run.
+#[derive(Debug, Clone, Default)]
+struct View {
+    last: Option<Value>,
+    last_probes: Vec<ProbeResult>,
+    last_time: Option<crate::diagnostics::timesync::TimeStatus>,
+}
+
+/// What the others ask of the telemetry task.
+enum Request {
+    Probes(oneshot::Sender<Vec<ProbeResult>>),
+    Report(oneshot::Sender<Value>),
+    /// Publish a health report now (`report_now`).
+    Publish,
+}
+
+/// The handle the health consumers share (socket ops, commands, the patrol, power). Cheap to
+/// clone. Requests are served by the telemetry task one probe run at a time: a request made
+/// while a run is under way is answered from that run.
+#[derive(Clone)]
+pub struct TelemetryHandle {
+    tx: mpsc::UnboundedSender<Request>,
+    view: watch::Receiver<View>,
+    ui: Option<crate::ui::UiWatch>,
+    low_battery: Arc<Notify>,
+}
+
+impl std::fmt::Debug for TelemetryHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TelemetryHandle").finish_non_exhaustive()
+    }
+}
+
+fn with_ui(ui: Option<&crate::ui::UiWatch>, mut results: Vec<ProbeResult>) -> Vec<ProbeResult> {
+    if let Some(item) = ui.and_then(crate::ui::UiWatch::item) {
+        results.push(item);
+    }
+    results
+}
+
+impl TelemetryHandle {
+    /// Asks for a health report outside the interval; it is published as usual.
+    pub fn report_now(&self) {
+        let _ = self.tx.send(Request::Publish);
+    }
+
+    /// Runs the probes (or joins the run under way) and returns their results, heartbeat
+    /// included. Used by the patrol and `inspect`.
+    pub async fn run_probes(&self) -> Vec<ProbeResult> {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Request::Probes(tx)).is_err() {
+            return self.last_probes();
+        }
+        match rx.await {
+            Ok(r) => with_ui(self.ui.as_ref(), r),
+            Err(_) => self.last_probes(),
+        }
+    }
+
+    /// One full health report (not published); `None` only when the task has stopped.
+    pub async fn report(&self) -> Value {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Request::Report(tx)).is_ok()
+            && let Ok(r) = rx.await
+        {
+            return r;
+        }
+        self.last().unwrap_or(Value::Null)
+    }
+
+    /// The last health report made.
+    pub fn last(&self) -> Option<Value> {
+        self.view.borrow().last.clone()
+    }
+
+    /// The last probe results, with the heartbeat item as it is now.
+    pub fn last_probes(&self) -> Vec<ProbeResult> {
+        with_ui(self.ui.as_ref(), self.view.borrow().last_probes.clone())
+    }
+
+    /// The last clock-discipline reading, for `kioskctl status` and the patrol.
+    pub fn last_time(&self) -> Option<crate::diagnostics::timesync::TimeStatus> {
+        self.view.borrow().last_time
+    }
+
+    /// Resolves when a UPS reports low battery (once per report of it).
+    pub async fn low_battery(&self) {
+        self.low_battery.notified().await;
+    }
 }
 
 impl Telemetry {
@@ -197,48 +283,115 @@ impl Telemetry {
                 host: HostPaths::new(&cfg.paths.root),
                 systemctl: cfg.commands.systemctl.clone(),
             },
-            sampler: Mutex::new(Sampler::new()),
-            seq: AtomicU64::new(0),
-            last: Mutex::new(None),
-            last_probes: Mutex::new(Vec::new()),
-            probe_ok: Mutex::new(HashMap::new()),
-            failing_since: Mutex::new(HashMap::new()),
-            low_battery: Notify::new(),
-            disk_low: Mutex::new(HashSet::new()),
+            sampler: Sampler::new(),
+            seq: 0,
+            probe_ok: HashMap::new(),
+            failing_since: HashMap::new(),
+            low_battery: Arc::new(Notify::new()),
+            disk_low: HashSet::new(),
             events,
             maintenance,
             clock,
-            report_now: Notify::new(),
-            ui: std::sync::OnceLock::new(),
-            time: Mutex::new((
+            ui: None,
+            time: (
                 Box::new(crate::diagnostics::timesync::KernelTime),
                 Default::default(),
-            )),
-            last_time: Mutex::new(None),
+            ),
+            view: watch::Sender::new(View::default()),
         }
     }
 
     /// Replaces the kernel as the source of clock-discipline figures (tests).
-    pub fn set_time_source(&self, src: Box<dyn crate::diagnostics::timesync::TimeSource>) {
-        *lock(&self.time) = (src, Default::default());
+    pub fn set_time_source(&mut self, src: Box<dyn crate::diagnostics::timesync::TimeSource>) {
+        self.time = (src, Default::default());
     }
 
-    /// The last clock-discipline reading, for `kioskctl status` and the patrol.
-    pub fn last_time(&self) -> Option<crate::diagnostics::timesync::TimeStatus> {
-        *lock(&self.last_time)
+    /// Adds the kiosk screen's heartbeat to every probe list (status, health, patrol).
+    pub fn set_ui(&mut self, ui: crate::ui::UiWatch) {
+        self.ui = Some(ui);
+    }
+
+    /// Hands the state to its task: the future runs the health loop (a report every
+    /// `health.interval_s`, published through `publisher` when there is one) and serves the
+    /// handle's requests until `cancel`.
+    pub fn start(
+        self,
+        publisher: Option<Publisher>,
+        cancel: CancellationToken,
+    ) -> (TelemetryHandle, impl Future<Output = ()> + Send + 'static) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handle = TelemetryHandle {
+            tx,
+            view: self.view.subscribe(),
+            ui: self.ui.clone(),
+            low_battery: self.low_battery.clone(),
+        };
+        (handle, self.run(rx, publisher, cancel))
+    }
+
+    async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Request>,
+        publisher: Option<Publisher>,
+        cancel: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                req = rx.recv() => match req {
+                    Some(r) => r,
+                    None => break,
+                },
+                _ = tick.tick() => Request::Publish,
+            };
+            let mut waiting = vec![first];
+            // One run serves every request made before it ends.
+            let probes = {
+                let run = self.run_probes();
+                tokio::pin!(run);
+                loop {
+                    tokio::select! {
+                        r = &mut run => break r,
+                        Some(req) = rx.recv() => waiting.push(req),
+                    }
+                }
+            };
+            waiting.extend(std::iter::from_fn(|| rx.try_recv().ok()));
+            let report = waiting
+                .iter()
+                .any(|w| !matches!(w, Request::Probes(_)))
+                .then(|| self.report_from(&probes));
+            let mut published = false;
+            for w in waiting {
+                match w {
+                    Request::Probes(tx) => {
+                        let _ = tx.send(probes.clone());
+                    }
+                    Request::Report(tx) => {
+                        let _ = tx.send(report.clone().unwrap_or_default());
+                    }
+                    Request::Publish if !published => {
+                        published = true;
+                        if let (Some(p), Some(r)) = (&publisher, &report) {
+                            p.health(r);
+                        }
+                    }
+                    Request::Publish => {}
+                }
+            }
+        }
     }
 
     /// Reads the clock discipline and raises `time.unsynchronized` / `time.recovered`.
-    fn check_time(&self) -> Option<crate::diagnostics::timesync::TimeStatus> {
+    fn check_time(&mut self) -> Option<crate::diagnostics::timesync::TimeStatus> {
         use crate::diagnostics::timesync::{Transition, UNSYNC_ALARM_S};
         let now = self.clock.now();
-        let (status, change) = {
-            let mut t = lock(&self.time);
-            let status = t.0.read()?;
-            let change = t.1.observe(status, now);
-            (status, change)
-        };
-        *lock(&self.last_time) = Some(status);
+        let status = self.time.0.read()?;
+        let change = self.time.1.observe(status, now);
+        self.view.send_modify(|v| v.last_time = Some(status));
         let details =
             json!({"synchronized": status.synchronized, "max_error_ms": status.max_error_ms});
         match change {
@@ -267,21 +420,9 @@ impl Telemetry {
         Some(status)
     }
 
-    /// Adds the kiosk screen's heartbeat to every probe list (status, health, patrol).
-    pub fn set_ui(&self, ui: crate::ui::UiWatch) {
-        let _ = self.ui.set(ui);
-    }
-
-    fn with_ui(&self, mut results: Vec<ProbeResult>) -> Vec<ProbeResult> {
-        if let Some(item) = self.ui.get().and_then(crate::ui::UiWatch::item) {
-            results.push(item);
-        }
-        results
-    }
-
     /// Runs every probe concurrently (each bounded by its timeout) and raises events for
-    /// state changes. Used by the health loop, `inspect` and `kioskctl inspect`.
-    pub async fn run_probes(&self) -> Vec<ProbeResult> {
+    /// state changes. Without the heartbeat item (the handle adds it as it is when read).
+    async fn run_probes(&mut self) -> Vec<ProbeResult> {
         let mut set = JoinSet::new();
         for (i, p) in self.probes.iter().enumerate() {
             let p = p.clone();
@@ -294,7 +435,7 @@ impl Telemetry {
                 results[i] = Some(res);
             }
         }
-        let results: Vec<ProbeResult> = results
+        let mut results: Vec<ProbeResult> = results
             .into_iter()
             .zip(&self.probes)
             .map(|(r, p)| {
@@ -312,21 +453,19 @@ impl Telemetry {
                 })
             })
             .collect();
-        let mut results = results;
         self.grade(&mut results);
         self.record_transitions(&results);
         if results.iter().any(|r| r.power_off_recommended) {
             self.low_battery.notify_one();
         }
-        *lock(&self.last_probes) = results.clone();
-        self.with_ui(results)
+        self.view.send_modify(|v| v.last_probes = results.clone());
+        results
     }
-
     /// Fault grades (P1–P4, `grade::grade`): the device's own reading or the configured
     /// severity, escalated when a fault stays open past its restore target.
-    fn grade(&self, results: &mut [ProbeResult]) {
+    fn grade(&mut self, results: &mut [ProbeResult]) {
         let now = self.clock.now();
-        let mut since = lock(&self.failing_since);
+        let since = &mut self.failing_since;
         for r in results.iter_mut() {
             let faulty = !r.ok || r.reading_level.is_some();
             let started = if faulty {
@@ -340,9 +479,9 @@ impl Telemetry {
         }
     }
 
-    fn record_transitions(&self, results: &[ProbeResult]) {
+    fn record_transitions(&mut self, results: &[ProbeResult]) {
         let muted = self.maintenance.is_on();
-        let mut state = lock(&self.probe_ok);
+        let state = &mut self.probe_ok;
         for r in results {
             let graded = r.level.is_some();
             let before = state.insert(r.id.clone(), (r.ok, graded));
@@ -390,8 +529,8 @@ impl Telemetry {
         }
     }
 
-    fn check_disks(&self, system: &Value) {
-        let mut low = lock(&self.disk_low);
+    fn check_disks(&mut self, system: &Value) {
+        let low = &mut self.disk_low;
         for d in system["disks"].as_array().into_iter().flatten() {
             let (Some(mount), Some(total), Some(avail)) = (
                 d["mount"].as_str(),
@@ -424,15 +563,13 @@ impl Telemetry {
         }
     }
 
-    /// One full health report; the sequence number advances by one per report.
-    pub async fn report(&self) -> Value {
-        let probes = self.run_probes().await;
-        let mut report = {
-            let mut sampler = lock(&self.sampler);
-            sampler.sample()
-        };
+    /// One full health report around `probes`; the sequence number advances by one per report.
+    fn report_from(&mut self, probes: &[ProbeResult]) -> Value {
+        let probes = with_ui(self.ui.as_ref(), probes.to_vec());
+        let mut report = self.sampler.sample();
         self.check_disks(&report);
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        self.seq += 1;
+        let seq = self.seq;
         let m = self.maintenance.get();
         if let Some(obj) = report.as_object_mut() {
             obj.insert("schema".into(), json!("kiosk.health/1"));
@@ -452,32 +589,8 @@ impl Telemetry {
                 obj.insert("time".into(), json!(t));
             }
         }
-        *lock(&self.last) = Some(report.clone());
+        self.view.send_modify(|v| v.last = Some(report.clone()));
         report
-    }
-
-    pub fn last(&self) -> Option<Value> {
-        lock(&self.last).clone()
-    }
-
-    /// The last probe results, with the heartbeat item as it is now.
-    pub fn last_probes(&self) -> Vec<ProbeResult> {
-        self.with_ui(lock(&self.last_probes).clone())
-    }
-
-    /// Reports every `health.interval_s` (and on `report_now`) until cancelled.
-    pub async fn run(self: Arc<Self>, publisher: Publisher, cancel: CancellationToken) {
-        let mut tick = tokio::time::interval(self.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = tick.tick() => {}
-                _ = self.report_now.notified() => {}
-            }
-            let report = self.report().await;
-            publisher.health(&report);
-        }
     }
 }
 
@@ -485,6 +598,11 @@ impl Telemetry {
 mod tests {
     use super::*;
     use crate::host::FixedClock;
+    use std::sync::Mutex;
+
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
 
     fn telemetry(dir: &std::path::Path) -> Telemetry {
         let cfg = Config::from_toml(
@@ -522,7 +640,7 @@ mod tests {
         let (ob, _) = crate::events::Outbox::open(&d.path().join("events"), 100).unwrap();
         let events = EventSink::new(ob, "t1", clock.clone(), 50);
         let m = Maintenance::load(crate::state::StateStore::open(d.path().join("state")).unwrap());
-        let t = Telemetry::new(&cfg, events, m, clock.clone());
+        let mut t = Telemetry::new(&cfg, events, m, clock.clone());
         let state = Arc::new(Mutex::new(TimeStatus {
             synchronized: false,
             max_error_ms: 16_000,
@@ -557,7 +675,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            t.last_time(),
+            t.view.borrow().last_time,
             Some(TimeStatus {
                 synchronized: true,
                 max_error_ms: 5
@@ -568,7 +686,7 @@ mod tests {
     #[test]
     fn disk_low_is_raised_once_and_recovers() {
         let d = tempfile::tempdir().unwrap();
-        let t = telemetry(d.path());
+        let mut t = telemetry(d.path());
         t.check_disks(&disk(500));
         t.check_disks(&disk(50));
         t.check_disks(&disk(40));

@@ -452,11 +452,7 @@ impl Transport {
     pub async fn run(mut self, cancel: CancellationToken) {
         let mut stop_deadline: Option<Instant> = None;
         let wakeup = self.events.wakeup();
-        let stats_wakeup = self
-            .stats
-            .as_ref()
-            .map(Outbox::wakeup)
-            .unwrap_or_default();
+        let stats_wakeup = self.stats.as_ref().map(Outbox::wakeup).unwrap_or_default();
         let out_wake = self.publisher.wake.clone();
         let inbound = self.inbound.clone();
         let mut failures: u32 = 0;

@@ -242,13 +242,11 @@ impl Usage {
         }) = ob.push(rec)
         {
             drop(ob);
-                self.events.emit(
-                    Severity::Major,
-                    "stats.dropped",
-                    format!(
-                        "statistics queue full: {n} oldest periods dropped (seq {first}..={last})"
-                    ),
-                    json!({"count": n, "first_seq": first, "last_seq": last}),
+            self.events.emit(
+                Severity::Major,
+                "stats.dropped",
+                format!("statistics queue full: {n} oldest periods dropped (seq {first}..={last})"),
+                json!({"count": n, "first_seq": first, "last_seq": last}),
             );
         }
     }

@@ -1,26 +1,27 @@
-//! Gathers the patrol report from the running parts (probes, compliance, schedule), daily at
-//! `patrol.at` (or before opening) and on request, records it and publishes it retained.
+//! The patrol runner: gathers the report from the running parts through their handles (probes
+//! from telemetry, compliance, schedule, identity), daily at `patrol.at` (or before opening)
+//! and on request (`PatrolHandle`), records it and publishes it retained. It alone owns the
+//! history directory.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jiff::tz::TimeZone;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::host::{SharedClock, parse_time};
-use crate::patrol::{
+use super::{
     Compliance, PatrolInputs, PatrolItem, PatrolReport, PatrolRequest, PatrolStore, build,
     next_patrol,
 };
+use crate::host::{SharedClock, parse_time};
 use crate::policy::worker::PolicyHandle;
 use crate::power::PowerHandle;
-use crate::telemetry::Telemetry;
+use crate::telemetry::TelemetryHandle;
 use crate::transport::Publisher;
 
 pub struct PatrolRunner {
     pub store: PatrolStore,
-    pub telemetry: Arc<Telemetry>,
+    pub telemetry: TelemetryHandle,
     pub policy: PolicyHandle,
     pub power: PowerHandle,
     pub publisher: Publisher,
@@ -92,10 +93,10 @@ impl PatrolRunner {
             .collect();
         let cert = self.identity.status();
         if let Some(na) = cert.not_after.as_deref().and_then(parse_time) {
-            items.push(crate::patrol::cert_item(na, cert.renewal.is_some(), now));
+            items.push(super::cert_item(na, cert.renewal.is_some(), now));
         }
         if let Some(t) = self.telemetry.last_time() {
-            items.push(crate::patrol::clock_item(t.synchronized, t.max_error_ms));
+            items.push(super::clock_item(t.synchronized, t.max_error_ms));
         }
         let inputs = PatrolInputs {
             ts: now,
