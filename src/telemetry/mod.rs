@@ -3,8 +3,10 @@
 //! Owns the health `seq`, the system sampler (sysinfo, the only place it is used: it always
 //! reads the real `/proc`), the probes and their last known state. It raises `probe.failed` /
 //! `probe.recovered` and `disk.low` / `disk.recovered` on state changes (muted in maintenance
-//! mode, when a technician is expected to unplug things) and never publishes by itself: the
-//! caller decides where a report goes.
+//! mode, when a technician is expected to unplug things). All of it belongs to one task
+//! ([`Telemetry::start`]), so probe runs never overlap and every transition is decided in one
+//! place; the others use a [`TelemetryHandle`]. The task publishes the periodic health report
+//! through the publisher it is given; the reports it hands out otherwise are not published.
 
 pub mod grade;
 pub mod ipp;
@@ -227,7 +229,7 @@ impl TelemetryHandle {
         }
     }
 
-    /// One full health report (not published); `None` only when the task has stopped.
+    /// One full health report (not published); the last one (or null) once the task stopped.
     pub async fn report(&self) -> Value {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Request::Report(tx)).is_ok()
@@ -356,6 +358,7 @@ impl Telemetry {
                     tokio::select! {
                         r = &mut run => break r,
                         Some(req) = rx.recv() => waiting.push(req),
+                        _ = cancel.cancelled() => return,
                     }
                 }
             };
