@@ -132,15 +132,6 @@ impl EventSink {
         recent_max: usize,
     ) -> Self {
         let (local, _) = broadcast::channel(256);
-        let tell = local.clone();
-        outbox.on_durable(move |evs: &[Event]| {
-            for ev in evs {
-                log_event(ev);
-                if let Ok(line) = serde_json::to_string(ev) {
-                    let _ = tell.send(line.into());
-                }
-            }
-        });
         Self {
             outbox,
             recent: Arc::new(Mutex::new(Recent {
@@ -162,8 +153,9 @@ impl EventSink {
         self.recent.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Raises an event: queued for disk at once, published once durable and connected, shown
-    /// to subscribers once durable. Returns the event with its seq.
+    /// Raises an event: queued for disk at once, published once durable and connected. The
+    /// journal and socket subscribers (a live view, not a delivery) hear of it at once. Returns
+    /// the event with its seq.
     pub fn emit(
         &self,
         severity: Severity,
@@ -200,6 +192,12 @@ impl EventSink {
             recent.events.pop_front();
         }
         drop(recent);
+        for ev in &stored {
+            log_event(ev);
+            if let Ok(line) = serde_json::to_string(ev) {
+                let _ = self.local.send(line.into());
+            }
+        }
         stored.into_iter().next()
     }
 

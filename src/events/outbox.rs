@@ -7,8 +7,7 @@
 //! the broker confirmed. The files themselves belong to a writer thread: producers hand records
 //! over without waiting for the disk (a slow card must not stall the task that polls MQTT),
 //! the writer appends them (group commit: one fsync per batch) and only then are they offered
-//! to the transport, so nothing reaches the platform or a local subscriber before it is on
-//! disk. Acknowledgements move `meta.json` and compaction happens there too.
+//! to the transport, so nothing reaches the platform before it is on disk. Acknowledgements move `meta.json` and compaction happens there too.
 //!
 //! Events and usage statistics use the same type: same durability, same in-order,
 //! at-least-once delivery.
@@ -162,14 +161,10 @@ impl<T: Record> Book<T> {
     }
 }
 
-type DurableHook<T> = Box<dyn Fn(&[T]) + Send + Sync>;
-
 struct Shared<T> {
     book: Mutex<Book<T>>,
     /// Woken when records became durable (something new to publish).
     wakeup: Arc<Notify>,
-    /// Told about records once they are on disk (events: local subscribers, the journal).
-    on_durable: Mutex<Option<DurableHook<T>>>,
 }
 
 impl<T> Shared<T> {
@@ -321,7 +316,6 @@ impl<T: Record> Outbox<T> {
                 delivered: BTreeSet::new(),
             }),
             wakeup: Arc::new(Notify::new()),
-            on_durable: Mutex::new(None),
         });
         let writer = Writer {
             dir: dir.to_path_buf(),
@@ -359,15 +353,6 @@ impl<T: Record> Outbox<T> {
             book: self.shared.book(),
             tx: self.tx(),
         }
-    }
-
-    /// Called on the writer thread with records once they are on disk, in order.
-    pub fn on_durable(&self, f: impl Fn(&[T]) + Send + Sync + 'static) {
-        *self
-            .shared
-            .on_durable
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(Box::new(f));
     }
 
     /// Woken when something new can be published.
@@ -532,15 +517,6 @@ impl<T: Record> Writer<T> {
             b.durable_seq = b.durable_seq.max(last.seq());
         }
         if !fresh.is_empty() {
-            if let Some(hook) = self
-                .shared
-                .on_durable
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .as_ref()
-            {
-                hook(&fresh);
-            }
             self.shared.wakeup.notify_one();
         }
         for f in flushes {
@@ -641,20 +617,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn only_durable_records_are_offered_and_subscribers_hear_after_the_disk() {
+    async fn only_durable_records_are_offered() {
         let d = tempfile::tempdir().unwrap();
         let (ob, _) = Outbox::<Rec>::open(d.path(), 100).unwrap();
         let log = d.path().join(LOG);
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        {
-            let seen = seen.clone();
-            let log = log.clone();
-            ob.on_durable(move |recs: &[Rec]| {
-                // What the hook hears is in the file already.
-                let on_disk = fs::read_to_string(&log).unwrap_or_default().lines().count();
-                seen.lock().unwrap().push((seqs(recs.to_vec()), on_disk));
-            });
-        }
         // Before the writer has run nothing may be offered; after a flush all of it is.
         {
             let mut p = ob.lock();
@@ -667,18 +633,10 @@ mod tests {
         }
         ob.flush().await;
         assert_eq!(seqs(ob.next_unsent(10)), vec![1, 2]);
-        let heard: Vec<u64> = seen
-            .lock()
-            .unwrap()
-            .iter()
-            .flat_map(|(s, _)| s.clone())
-            .collect();
-        assert_eq!(heard, vec![1, 2]);
-        assert!(
-            seen.lock()
-                .unwrap()
-                .iter()
-                .all(|(s, n)| *n >= s.last().copied().unwrap_or(0) as usize)
+        assert_eq!(
+            fs::read_to_string(&log).unwrap().lines().count(),
+            2,
+            "what is offered is in the file"
         );
     }
 
