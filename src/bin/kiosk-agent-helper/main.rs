@@ -10,47 +10,96 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
 use kiosk_agent::config::Config;
 use kiosk_agent::helper::{Client, Helper};
 use kiosk_agent::host::SystemClock;
 
-#[derive(Parser)]
-#[command(
-    name = "kiosk-agent-helper",
-    version,
-    about = "Privileged helper of kiosk-agent"
-)]
-struct Cli {
-    /// Configuration file (TOML), shared with the daemon; root-owned.
-    #[arg(long, global = true, default_value = "/etc/kiosk-agent/agent.toml")]
-    config: PathBuf,
-    #[command(subcommand)]
-    cmd: Option<Cmd>,
+mod log;
+
+const USAGE: &str = "\
+Privileged helper of kiosk-agent
+
+Usage: kiosk-agent-helper [--config <FILE>] [serve | call [--socket <SOCKET>]]
+
+Commands:
+  serve  Serve the daemon (the default)
+  call   Send one request line read from stdin and print the reply; exit 0 only when it is `ok`
+
+Options:
+  --config <FILE>    Configuration file (TOML), shared with the daemon; root-owned
+                     [default: /etc/kiosk-agent/agent.toml]
+  --socket <SOCKET>  (call) Socket to use instead of `helper.socket`
+  -h, --help         Print help
+  -V, --version      Print version
+";
+
+enum Cmd {
+    Serve,
+    Call { socket: Option<PathBuf> },
 }
 
-#[derive(Subcommand)]
-enum Cmd {
-    /// Serve the daemon (the default).
-    Serve,
-    /// Send one request line read from stdin and print the reply; exit 0 only when it is `ok`.
-    Call {
-        /// Socket to use instead of `helper.socket`.
-        #[arg(long)]
-        socket: Option<PathBuf>,
-    },
+/// What the command line asks for; `Err` is the exit to take at once (help, version, misuse).
+/// Parsed by hand: the resident root process should not map an argument-parsing library for
+/// four options.
+fn parse_args(
+    mut args: impl Iterator<Item = std::ffi::OsString>,
+) -> Result<(PathBuf, Cmd), ExitCode> {
+    let usage_error = |msg: String| {
+        eprintln!(
+            "error: {msg}\n\nUsage: kiosk-agent-helper [--config <FILE>] [serve | call [--socket <SOCKET>]]\n\nFor more information, try '--help'."
+        );
+        ExitCode::from(2)
+    };
+    let mut config = PathBuf::from("/etc/kiosk-agent/agent.toml");
+    let mut cmd: Option<Cmd> = None;
+    while let Some(arg) = args.next() {
+        let Some(a) = arg.to_str() else {
+            return Err(usage_error(format!("unexpected argument {arg:?}")));
+        };
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(PathBuf::from(v))),
+            _ => (a, None),
+        };
+        let mut value = |name: &str| match inline.clone().or_else(|| args.next().map(PathBuf::from))
+        {
+            Some(v) => Ok(v),
+            None => Err(usage_error(format!(
+                "a value is required for '--{name} <{}>'",
+                name.to_uppercase()
+            ))),
+        };
+        match (flag, &mut cmd) {
+            ("-h" | "--help", _) => {
+                print!("{USAGE}");
+                return Err(ExitCode::SUCCESS);
+            }
+            ("-V" | "--version", _) => {
+                println!("kiosk-agent-helper {}", kiosk_agent::VERSION);
+                return Err(ExitCode::SUCCESS);
+            }
+            ("--config", _) => config = value("config")?,
+            ("--socket", Some(Cmd::Call { socket })) => *socket = Some(value("socket")?),
+            ("serve", None) => cmd = Some(Cmd::Serve),
+            ("call", None) => cmd = Some(Cmd::Call { socket: None }),
+            _ => return Err(usage_error(format!("unexpected argument '{a}' found"))),
+        }
+    }
+    Ok((config, cmd.unwrap_or(Cmd::Serve)))
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let cfg = match Config::load(&cli.config) {
+    let (config, cmd) = match parse_args(std::env::args_os().skip(1)) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let cfg = match Config::load(&config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("kiosk-agent-helper: {e}");
             return ExitCode::from(2);
         }
     };
-    match cli.cmd.unwrap_or(Cmd::Serve) {
+    match cmd {
         Cmd::Call { socket } => call(&cfg, socket),
         Cmd::Serve => serve(cfg),
     }
@@ -79,7 +128,7 @@ fn call(cfg: &Config, socket: Option<PathBuf>) -> ExitCode {
 }
 
 fn serve(cfg: Config) -> ExitCode {
-    kiosk_agent::logging::init_as(cfg.log.level, "kiosk-agent-helper");
+    log::init(cfg.log.level, "kiosk-agent-helper");
     let daemon = match nix::unistd::User::from_name(&cfg.helper.daemon_user) {
         Ok(Some(u)) => u,
         Ok(None) => {
