@@ -20,7 +20,7 @@ pub trait TimeSource: Send + Sync {
     fn read(&self) -> Option<TimeStatus>;
 }
 
-/// `ntp_adjtime` with no modes: reads the kernel's state, changes nothing.
+/// `adjtimex` with no modes (what `ntp_adjtime` wraps): reads the kernel's state, changes nothing.
 #[derive(Debug, Default)]
 pub struct KernelTime;
 
@@ -29,7 +29,7 @@ impl TimeSource for KernelTime {
         // SAFETY: `timex` is plain data for which all-zero is valid; modes = 0 makes the call
         // read-only, and the kernel only writes inside the struct we pass.
         let mut tx: libc::timex = unsafe { std::mem::zeroed() };
-        let state = unsafe { libc::ntp_adjtime(&mut tx) };
+        let state = unsafe { libc::adjtimex(&mut tx) };
         if state < 0 {
             return None;
         }
