@@ -613,14 +613,16 @@ fn power(d: &Deps, action: PowerAction, delay: u64) -> Result<Outcome, ActionErr
         format!("{name} requested by the platform, in {delay} s"),
         json!({"action": name, "delay_s": delay, "at": rfc3339(at)}),
     );
-    let helper = crate::helper::Client::from_config(&d.cfg);
+    // The same way the planner powers off: in-process, or through the privileged helper.
+    let host = crate::power::HostActions::new(
+        &crate::host::HostPaths::new(&d.cfg.paths.root),
+        RESTART_TIMEOUT,
+    )
+    .with_helper(crate::helper::Client::from_config(&d.cfg));
     tokio::spawn(async move {
+        use crate::power::PowerActions as _;
         tokio::time::sleep(Duration::from_secs(delay)).await;
-        let ran = match helper {
-            Some(h) => helper_power(h, name).await,
-            None => run(&argv, RESTART_TIMEOUT).await,
-        };
-        match ran {
+        match host.run(name, &argv).await {
             Ok(_) => tracing::info!(action = name, "power command ran"),
             Err(e) => tracing::error!(action = name, error = %e, "power command failed"),
         }
@@ -641,24 +643,15 @@ async fn restart_unit(d: &Deps, unit: &str) -> Result<Outcome, ActionError> {
             format!("{unit} is not in commands.restart_units_allowed"),
         );
     }
-    let restarted = || done(format!("{unit} restarted"), json!({"unit": unit}));
-    if let Some(helper) = crate::helper::Client::from_config(&d.cfg) {
-        let req = crate::helper::Request::RestartUnit {
-            unit: unit.to_string(),
-        };
-        return match tokio::task::spawn_blocking(move || helper.call(&req)).await {
-            Ok(r) if r.ok => restarted(),
-            Ok(r) => err(
-                Code::RestartFailed,
-                format!("{unit}: helper ({}): {}", r.code, r.message),
-            ),
-            Err(e) => err(Code::RestartFailed, format!("{unit}: {e}")),
-        };
-    }
-    let mut argv = d.cfg.commands.systemctl.clone();
-    argv.extend(["restart".to_string(), unit.to_string()]);
-    match run(&argv, RESTART_TIMEOUT).await {
-        Ok(()) => restarted(),
+    let helper = crate::helper::Client::from_config(&d.cfg);
+    let systemctl = d.cfg.commands.systemctl.clone();
+    let name = unit.to_string();
+    let job = tokio::task::spawn_blocking(move || {
+        crate::helper::restart_unit(helper.as_ref(), &systemctl, &name, RESTART_TIMEOUT)
+    });
+    match job.await {
+        Ok(Ok(())) => done(format!("{unit} restarted"), json!({"unit": unit})),
+        Ok(Err(e)) => err(Code::RestartFailed, e),
         Err(e) => err(Code::RestartFailed, format!("{unit}: {e}")),
     }
 }
@@ -715,34 +708,6 @@ async fn logs_upload(d: &Deps, args: &Map<String, Value>) -> Result<Outcome, Act
             report: None,
         }),
         Err(e) => err(Code::UploadFailed, format!("the upload task failed: {e}")),
-    }
-}
-
-/// `poweroff`/`reboot` by the privileged helper, with its own configured command.
-pub async fn helper_power(helper: crate::helper::Client, action: &str) -> Result<(), String> {
-    let action = crate::helper::PowerAction::from_label(action)
-        .ok_or_else(|| format!("{action}: not a power action"))?;
-    let r =
-        tokio::task::spawn_blocking(move || helper.call(&crate::helper::Request::Power { action }))
-            .await
-            .map_err(|e| e.to_string())?;
-    if r.ok {
-        Ok(())
-    } else {
-        Err(format!("helper ({}): {}", r.code, r.message))
-    }
-}
-
-async fn run(argv: &[String], timeout: Duration) -> Result<(), String> {
-    match crate::process::run_async(argv.to_vec(), timeout, 4096).await {
-        Ok(f) if f.success => Ok(()),
-        Ok(f) => Err(format!(
-            "{} exited with {}: {}",
-            argv.join(" "),
-            f.status,
-            f.stderr.trim()
-        )),
-        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -85,3 +85,36 @@ impl Client {
 }
 
 use std::io::Read as _;
+
+/// Restarts `unit` the one way this terminal allows: through the privileged helper when there
+/// is one (it checks the unit against its own allow list), else with `commands.systemctl`.
+/// Blocking; the error names the unit and what failed.
+pub fn restart_unit(
+    helper: Option<&Client>,
+    systemctl: &[String],
+    unit: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    if let Some(h) = helper {
+        let r = h.call(&Request::RestartUnit {
+            unit: unit.to_string(),
+        });
+        return if r.ok {
+            Ok(())
+        } else {
+            Err(format!("{unit}: helper ({}): {}", r.code, r.message))
+        };
+    }
+    let mut argv = systemctl.to_vec();
+    argv.extend(["restart".to_string(), unit.to_string()]);
+    match crate::process::run(&argv, timeout, 4096) {
+        Ok(f) if f.success => Ok(()),
+        Ok(f) => Err(format!(
+            "{unit}: `{}` exited with {}: {}",
+            argv.join(" "),
+            f.status,
+            f.stderr.trim()
+        )),
+        Err(e) => Err(format!("{unit}: `{}`: {e}", argv.join(" "))),
+    }
+}

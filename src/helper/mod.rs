@@ -23,7 +23,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
-pub use client::Client;
+pub use client::{Client, restart_unit};
 pub use proto::{PowerAction, Reply, Request, codes};
 pub use server::Helper;
 

@@ -737,18 +737,13 @@ impl Installer {
 
     fn restart_units(&self, units: &[String]) -> Result<(), (&'static str, String)> {
         for u in units {
-            if let Some(helper) = &self.cfg.helper {
-                let r = helper.call(&crate::helper::Request::RestartUnit { unit: u.clone() });
-                if !r.ok {
-                    return Err((
-                        "restart_failed",
-                        format!("{u}: helper ({}): {}", r.code, r.message),
-                    ));
-                }
-                continue;
-            }
-            self.systemctl(&["restart", u])
-                .map_err(|e| ("restart_failed", e))?;
+            crate::helper::restart_unit(
+                self.cfg.helper.as_ref(),
+                &self.cfg.systemctl,
+                u,
+                self.cfg.command_timeout,
+            )
+            .map_err(|e| ("restart_failed", e))?;
         }
         Ok(())
     }
