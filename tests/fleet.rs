@@ -542,24 +542,19 @@ fn kiosk_admin_waves_matches_the_formula() {
     let f = dir.path().join("rollout.json");
     std::fs::write(&f, rollout.to_string()).unwrap();
     let ids: Vec<String> = (1..=40).map(|i| format!("sz-ft-{i:04}")).collect();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiosk-admin"))
-        .args([
-            "waves",
-            "--name",
-            "kiosk-ui",
-            "--release",
-            "2.4.0",
-            "--rollout",
-        ])
-        .arg(&f)
-        .arg("--json")
-        .args(&ids)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        std::process::Command::new(env!("CARGO_BIN_EXE_kiosk-admin"))
+            .args([
+                "waves",
+                "--name",
+                "kiosk-ui",
+                "--release",
+                "2.4.0",
+                "--rollout",
+            ])
+            .arg(&f)
+            .arg("--json")
+            .args(&ids),
     );
     let lines: Vec<Value> = String::from_utf8(out.stdout)
         .unwrap()

@@ -221,21 +221,16 @@ fn a_usb_bundle_is_applied_in_order_with_the_app_from_the_stick() {
         std::fs::write(&p, sign(role, &bytes, &[&s.term.admin])).unwrap();
         envs.push(p);
     }
-    let out = Command::new(admin_bin())
-        .arg("bundle")
-        .arg("--out")
-        .arg(&mount)
-        .arg("--mount")
-        .arg(&mount)
-        .arg("--artifact")
-        .arg(work.join("kiosk-ui-2.4.0.tar.gz"))
-        .args(&envs)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new(admin_bin())
+            .arg("bundle")
+            .arg("--out")
+            .arg(&mount)
+            .arg("--mount")
+            .arg(&mount)
+            .arg("--artifact")
+            .arg(work.join("kiosk-ui-2.4.0.tar.gz"))
+            .args(&envs),
     );
     for f in [
         "catalog.dsse",

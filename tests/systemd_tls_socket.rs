@@ -269,15 +269,10 @@ fn socket_refuses_strangers_and_limits_readers() {
 fn check_config_names_the_key_at_fault() {
     let term = Terminal::new("sz-ft-0104");
     let good = term.config("mqtt://127.0.0.1:1883", "");
-    let out = Command::new(agent_bin())
-        .args(["check-config", "--config"])
-        .arg(&good)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new(agent_bin())
+            .args(["check-config", "--config"])
+            .arg(&good),
     );
 
     let base = std::fs::read_to_string(&good).unwrap();
@@ -336,15 +331,10 @@ fn check_config_names_the_key_at_fault() {
 #[test]
 fn shipped_example_config_is_valid() {
     let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/agent.example.toml");
-    let out = Command::new(agent_bin())
-        .args(["check-config", "--config-only", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new(agent_bin())
+            .args(["check-config", "--config-only", "--config"])
+            .arg(&cfg),
     );
 }
 

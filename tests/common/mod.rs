@@ -695,3 +695,16 @@ impl Rig {
         format!("t/{}", self.term.id)
     }
 }
+
+/// Runs `cmd` to completion and fails the test with its stderr unless it succeeded.
+pub fn run_ok(cmd: &mut Command) -> std::process::Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
