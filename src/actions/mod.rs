@@ -99,10 +99,9 @@ pub enum Code {
     Unavailable,
     /// A name that is not a command (remote) or not an op (socket).
     Unknown,
-    /// A code that comes from elsewhere as is: a document refusal's reason, an upload's code.
-    Other(&'static str),
-    /// A refusal reason read from a report (`rollback`, `bad_signature`, ...).
-    Reason(String),
+    /// A code that comes from elsewhere as is: a document refusal's reason (`rollback`,
+    /// `bad_signature`, ...), an upload's or a usage record's code.
+    Other(std::borrow::Cow<'static, str>),
 }
 
 /// Why an action did not do what was asked.
@@ -457,7 +456,7 @@ impl Action {
             }
             Action::Usage { req } => match d.usage.record(&req) {
                 Ok(v) => done("usage recorded", v),
-                Err(e) => err(Code::Other(e.code()), e.to_string()),
+                Err(e) => err(Code::Other(e.code().into()), e.to_string()),
             },
             Action::UsageToday => done("usage today", d.usage.today()),
             Action::Heartbeat { req } => match d.ui.heartbeat(&req) {
@@ -488,7 +487,6 @@ impl Code {
             Code::Unknown if remote => "unknown_command",
             Code::Unknown => "unknown_op",
             Code::Other(c) => c,
-            Code::Reason(c) => c,
         }
     }
 }
@@ -583,14 +581,15 @@ async fn apply(
     };
     let message = report["message"].as_str().unwrap_or("").to_string();
     let code = match report["status"].as_str() {
-        Some("rejected") => Code::Reason(
+        Some("rejected") => Code::Other(
             report["details"]["reason"]
                 .as_str()
                 .unwrap_or("rejected")
-                .to_string(),
+                .to_string()
+                .into(),
         ),
         Some("invalid") => return err(Code::Invalid, message),
-        Some("failed") => Code::Other("failed"),
+        Some("failed") => Code::Other("failed".into()),
         _ => return done(message, report),
     };
     Err(ActionError {
@@ -702,7 +701,7 @@ async fn logs_upload(d: &Deps, args: &Map<String, Value>) -> Result<Outcome, Act
             )
         }
         Ok(Err((e, result))) => Err(ActionError {
-            code: Code::Other(e.code()),
+            code: Code::Other(e.code().into()),
             message: e.to_string(),
             result,
             report: None,
