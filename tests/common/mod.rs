@@ -456,8 +456,15 @@ pub struct Agent {
     pub log: PathBuf,
 }
 
+/// The daemon under test: the one cargo built beside the tests, or `KIOSK_TEST_AGENT_BIN`
+/// (scripts/test points it at the statically linked musl build, as packaged, and runs the
+/// end-to-end files again).
 pub fn agent_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_kiosk-agent")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("KIOSK_TEST_AGENT_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_kiosk-agent").to_string())
+    })
 }
 
 pub fn kioskctl_bin() -> &'static str {
