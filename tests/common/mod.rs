@@ -25,12 +25,22 @@ pub fn mosquitto_bin() -> PathBuf {
 }
 
 /// A loopback TCP port nobody listens on right now, for a server the test starts.
+/// Never the same port twice in one test process: the kernel may hand a just-released port
+/// out again, and two servers of one test (a broker and its second listener) or of two tests
+/// running at once would then race for it and one would fail to bind.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
+            return port;
+        }
+    }
 }
 
 /// A name no other call in this test process returns (client ids, log file names).
