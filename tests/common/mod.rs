@@ -471,10 +471,20 @@ pub struct Agent {
 /// end-to-end files again).
 pub fn agent_bin() -> &'static str {
     static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        std::env::var("KIOSK_TEST_AGENT_BIN")
-            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_kiosk-agent").to_string())
-    })
+    bin_under_test(
+        &BIN,
+        "KIOSK_TEST_AGENT_BIN",
+        env!("CARGO_BIN_EXE_kiosk-agent"),
+    )
+}
+
+/// `var` when it is set, else cargo's `built`; read once into `cell`.
+pub fn bin_under_test(
+    cell: &'static std::sync::OnceLock<String>,
+    var: &str,
+    built: &str,
+) -> &'static str {
+    cell.get_or_init(|| std::env::var(var).unwrap_or_else(|_| built.to_string()))
 }
 
 pub fn kioskctl_bin() -> &'static str {

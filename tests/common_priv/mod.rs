@@ -38,11 +38,12 @@ pub fn daemon_user() -> (u32, u32) {
 /// The helper under test: cargo's build, or `KIOSK_TEST_HELPER_BIN` (the static build, as
 /// packaged; see `agent_bin`).
 pub fn helper_bin() -> &'static str {
-    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        std::env::var("KIOSK_TEST_HELPER_BIN")
-            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_kiosk-agent-helper").to_string())
-    })
+    static BIN: OnceLock<String> = OnceLock::new();
+    super::common::bin_under_test(
+        &BIN,
+        "KIOSK_TEST_HELPER_BIN",
+        env!("CARGO_BIN_EXE_kiosk-agent-helper"),
+    )
 }
 
 /// `setpriv` prefix that drops to the daemon account with no groups and no capabilities.
